@@ -1,0 +1,1 @@
+"""adaprelora-jax: AdaPreLoRA and the LoRA optimizer family for JAX/Optax."""
