@@ -70,28 +70,30 @@ def _tangent_forms(gr, gc, damping):
   return kr, kc
 
 
-def _factor_solve(bpb, aqa, gr2, gc2, gc, damping, clip):
-  """r x r coefficients of the balanced factor solve, and the clipping factor.
+def _factor_solve(bpb, aqa, btb, b_gp, gp_gp, aat, a_gq, gq_gq, m, damping, clip):
+  """r x r coefficients of the balanced factor solve, and `||U||^2` for clipping.
 
   Times `s^2`: `dA = [C2, C1] [A; g_A Q^-1]`, `dB = [B, P^-1 g_B] [C2; D1]` with
   `C1 = S_B^-1`, `D1 = S_A^-1`, `C2 = -S_B^-1 M S_A^-1 / 2`, `M = g_A A^T`,
-  `S_B = ridge(B^T P B)`, `S_A = ridge(A Q A^T)`. `||s(B dA + dB A)||^2` follows from
-  `Gr2 = [B, P^-1 g_B]^T [B, P^-1 g_B]` and `Gc2 = [A; g_A Q^-1][A; g_A Q^-1]^T`.
+  `S_B = ridge(B^T P B)`, `S_A = ridge(A Q A^T)`. `||s(B dA + dB A)||^2` follows from the
+  Grams of `[B, P^-1 g_B]` (`btb`, `b_gp`, `gp_gp`) and of `[A; g_A Q^-1]` (`aat`,
+  `a_gq`, `gq_gq`).
 
   Returns:
-    `fc` (r x 2r), `fr` (2r x r), and `s^2 ||U||^2` (per pair; ones when `clip` is
-    False), computed before clipping.
+    `fc` (r x 2r), `fr` (2r x r), and `s^2 ||U||^2` per pair (computed before clipping;
+    ones when `clip` is False).
   """
   r = bpb.shape[-1]
   inv = linalg.spd_inverse(jnp.stack(
       [linalg.ridge(bpb, damping), linalg.ridge(aqa, damping)]))
   sbi, sai = inv[0], inv[1]
-  c2 = -0.5 * _mm(_mm(sbi, gc[..., r:, :r]), sai)
+  c2 = -0.5 * _mm(_mm(sbi, m), sai)
   fc = jnp.concatenate([c2, sbi], axis=-1)
   fr = jnp.concatenate([c2, sai], axis=-2)
   if not clip:
     return fc, fr, jnp.ones(bpb.shape[:-2], bpb.dtype)
-  btb, aat = gr2[..., :r, :r], gc2[..., :r, :r]
+  gr2 = jnp.block([[btb, b_gp], [_mT(b_gp), gp_gp]])
+  gc2 = jnp.block([[aat, a_gq], [_mT(a_gq), gq_gq]])
   da_da = _mm(_mm(fc, gc2), _mT(fc))
   a_da = _mm(gc2[..., :r, :], _mT(fc))
   db_db = _mm(_mm(_mT(fr), gr2), fr)
@@ -211,51 +213,55 @@ def scale_by_adaprelora(
     for lay, (_, dt) in zip(layouts, groups):
       a, b = params[lay.a_index].astype(dt), params[lay.b_index].astype(dt)
       ga, gb = grads[lay.a_index].astype(dt), grads[lay.b_index].astype(dt)
-      xr, xc = ops.stack_row(lay, b, gb), ops.stack_col(lay, a, ga)
-      first.append((a, b, ga, gb, xr, xc, ops.gram_row(lay, xr), ops.gram_col(lay, xc)))
+      first.append((a, b, ga, gb, ops.block_gram_row(lay, b, gb),
+                    ops.block_gram_col(lay, a, ga)))
     forms = linalg.map_stacked(
         _tangent_forms, batch_shapes, groups,
-        [f[6] for f in first], [f[7] for f in first], [damping] * len(layouts))
+        [f[4] for f in first], [f[5] for f in first], [damping] * len(layouts))
 
     # 2. Adafactor statistics of G_T, the preconditioner, and the weighted Grams.
     second = []
     for lay, (_, dt), s, f, (kr, kc) in zip(layouts, groups, scales, first, forms):
-      a, b, ga, gb, xr, xc, _, gc = f
+      a, b, ga, gb, gr, gc = f
       s2 = jnp.asarray(s, dt) ** 2
       t = count.astype(dt)
       beta2 = 1.0 - t ** (-jnp.asarray(decay_rate, dt))
-      rho = jnp.maximum(ops.quad_row(lay, xr, kr) / (s2 * lay.n), 0.0) + eps
-      gamma = jnp.maximum(ops.quad_col(lay, xc, kc) / (s2 * lay.m), 0.0) + eps
+      rho = jnp.maximum(ops.quad_row(lay, b, gb, kr) / (s2 * lay.n), 0.0) + eps
+      gamma = jnp.maximum(ops.quad_col(lay, a, ga, kc) / (s2 * lay.m), 0.0) + eps
       row = beta2 * nu[lay.b_index] + (1.0 - beta2) * rho
       col = beta2 * nu[lay.a_index] + (1.0 - beta2) * gamma
       ratio = row / jnp.mean(row, axis=lay.out_axes, keepdims=True)
       p, sqrt_p = jnp.sqrt(ratio), ratio ** 0.25  # P = diag(sqrt(R / mean R))
       q, sqrt_q = jnp.sqrt(col), col ** 0.25  # Q = diag(sqrt(C))
-      yr = ops.stack_row(lay, b, gb / ops.row_stat(lay, p))
-      yc = ops.stack_col(lay, a, ga / ops.col_stat(lay, q))
-      second.append((yr, yc, row, col,
+      gb_p = gb / ops.row_stat(lay, p)  # P^-1 g_B
+      ga_q = ga / ops.col_stat(lay, q)  # g_A Q^-1
+      r = lay.rank
+      second.append((a, b, ga_q, gb_p, row, col,
                      ops.gram_row(lay, b * ops.row_stat(lay, sqrt_p)),
                      ops.gram_col(lay, a * ops.col_stat(lay, sqrt_q)),
-                     ops.gram_row(lay, yr), ops.gram_col(lay, yc), gc))
+                     gr[..., :r, :r], ops.gram_row(lay, b, gb_p), ops.gram_row(lay, gb_p),
+                     gc[..., :r, :r], ops.gram_col(lay, a, ga_q), ops.gram_col(lay, ga_q),
+                     gc[..., r:, :r]))
     solves = linalg.map_stacked(
-        lambda bpb, aqa, gr2, gc2, gc, d: _factor_solve(
-            bpb, aqa, gr2, gc2, gc, d, clip),
-        batch_shapes, groups, *zip(*[x[4:] for x in second]), [damping] * len(layouts))
+        lambda *args: _factor_solve(*args, clip), batch_shapes, groups,
+        *zip(*[x[6:] for x in second]), [damping] * len(layouts))
 
     # 3. Clip, apply momentum, write the update in Flax layout.
     out = [None] * len(grads)
     new_nu = list(nu)
     new_mu = list(mu) if mu is not None else None
-    for lay, (_, dt), s, (yr, yc, row, col, *_), (fc, fr, sq) in zip(
+    for lay, (_, dt), s, (a, b, ga_q, gb_p, row, col, *_), (fc, fr, sq) in zip(
         layouts, groups, scales, second, solves):
       s2 = jnp.asarray(s, dt) ** 2
       factor = 1.0 / s2
       if clip:
         rms = jnp.sqrt(jnp.maximum(sq, 0.0) / (s2 * lay.m * lay.n))
         factor = factor / jnp.maximum(1.0, rms / clipping_threshold)
-      factor = sharding.match_batch(factor, yr, lay.nb)
-      da = ops.combine_col(lay, yc, fc) * ops.per_pair(lay, factor, len(lay.in_shape) + 1)
-      db = ops.combine_row(lay, yr, fr) * ops.per_pair(lay, factor, len(lay.out_shape) + 1)
+      factor = sharding.match_batch(factor, b, lay.nb)
+      da = ops.combine_col(lay, a, ga_q, fc) * ops.per_pair(
+          lay, factor, len(lay.in_shape) + 1)
+      db = ops.combine_row(lay, b, gb_p, fr) * ops.per_pair(
+          lay, factor, len(lay.out_shape) + 1)
       new_nu[lay.a_index], new_nu[lay.b_index] = col, row
       for idx, d in ((lay.a_index, da), (lay.b_index, db)):
         if b1 is not None:

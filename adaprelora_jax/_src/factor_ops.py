@@ -36,42 +36,62 @@ def gram_col(layout: PairLayout, x: jax.Array, y: jax.Array | None = None) -> ja
   return _einsum(f"{b}{i}k,{b}{i}l->{b}kl", x, y, sharding.small_out(x, layout.nb))
 
 
-def quad_row(layout: PairLayout, x: jax.Array, k: jax.Array) -> jax.Array:
-  """`diag(X K X^T)` (batch + out) for row-side `x` (paper: m x 2r) and `k` 2r x 2r."""
+def apply_row(layout: PairLayout, k: jax.Array, x: jax.Array) -> jax.Array:
+  """Row-side `(X K^T)^T = K x` for row-side `x` (paper: m x r) and an r x r `k`."""
   b, o = layout.batch, layout.out
-  k = sharding.match_batch(k, x, layout.nb)
-  return jnp.sum(_einsum(f"{b}kl,{b}l{o}->{b}k{o}", k, x) * x, axis=layout.nb)
+  return _einsum(f"{b}kl,{b}l{o}->{b}k{o}", sharding.match_batch(k, x, layout.nb), x)
 
 
-def quad_col(layout: PairLayout, x: jax.Array, k: jax.Array) -> jax.Array:
-  """`diag(X^T K X)` (batch + in) for column-side `x` (paper: 2r x n) and `k` 2r x 2r."""
+def apply_col(layout: PairLayout, k: jax.Array, x: jax.Array) -> jax.Array:
+  """Column-side `(K X)^T` for column-side `x` (paper: r x n) and an r x r `k`."""
   b, i = layout.batch, layout.inp
-  k = sharding.match_batch(k, x, layout.nb)
-  return jnp.sum(_einsum(f"{b}{i}l,{b}kl->{b}{i}k", x, k) * x, axis=-1)
+  return _einsum(f"{b}{i}l,{b}kl->{b}{i}k", x, sharding.match_batch(k, x, layout.nb))
 
 
-def combine_row(layout: PairLayout, y: jax.Array, f: jax.Array) -> jax.Array:
-  """Row-side `(Y F)^T` for row-side `y` (paper: m x 2r) and `f` of shape 2r x r."""
-  b, o = layout.batch, layout.out
-  f = sharding.match_batch(f, y, layout.nb)
-  return _einsum(f"{b}jk,{b}j{o}->{b}k{o}", f, y)
+def block_gram_row(layout: PairLayout, x: jax.Array, y: jax.Array) -> jax.Array:
+  """`[X, Y]^T [X, Y]` (batch + (2r, 2r)) for row-side `x`, `y`, from three r x r Grams."""
+  return _symmetric_blocks(gram_row(layout, x), gram_row(layout, x, y), gram_row(layout, y))
 
 
-def combine_col(layout: PairLayout, y: jax.Array, f: jax.Array) -> jax.Array:
-  """Column-side `(F Y)^T` for column-side `y` (paper: 2r x n) and `f` of shape r x 2r."""
-  b, i = layout.batch, layout.inp
-  f = sharding.match_batch(f, y, layout.nb)
-  return _einsum(f"{b}{i}j,{b}kj->{b}{i}k", y, f)
+def block_gram_col(layout: PairLayout, x: jax.Array, y: jax.Array) -> jax.Array:
+  """`[X; Y] [X; Y]^T` (batch + (2r, 2r)) for column-side `x`, `y`, from three Grams."""
+  return _symmetric_blocks(gram_col(layout, x), gram_col(layout, x, y), gram_col(layout, y))
 
 
-def stack_row(layout: PairLayout, *xs: jax.Array) -> jax.Array:
-  """Row-side arrays stacked along the rank axis (paper: `[X1, X2, ...]`, m x kr)."""
-  return jnp.concatenate(xs, axis=layout.nb)
+def _symmetric_blocks(xx, xy, yy):
+  return jnp.concatenate([jnp.concatenate([xx, xy], -1),
+                          jnp.concatenate([jnp.swapaxes(xy, -1, -2), yy], -1)], -2)
 
 
-def stack_col(layout: PairLayout, *xs: jax.Array) -> jax.Array:
-  """Column-side arrays stacked along the rank axis (paper: `[X1; X2; ...]`, kr x n)."""
-  return jnp.concatenate(xs, axis=-1)
+def quad_row(layout: PairLayout, x: jax.Array, y: jax.Array, k: jax.Array) -> jax.Array:
+  """`diag([X, Y] K [X, Y]^T)` (batch + out) for row-side `x`, `y`, symmetric 2r x 2r `k`.
+
+  With `K = [[K11, K12], [K12^T, K22]]`, per row `x K11 x + 2 x K12 y + y K22 y`: three
+  r x r maps (3r^2 multiply-adds per row rather than 4r^2), no stacked copy of x and y.
+  """
+  r = x.shape[layout.nb]
+  kx = apply_row(layout, k[..., :r, :r], x) + apply_row(layout, 2 * k[..., :r, r:], y)
+  return jnp.sum(kx * x + apply_row(layout, k[..., r:, r:], y) * y, axis=layout.nb)
+
+
+def quad_col(layout: PairLayout, x: jax.Array, y: jax.Array, k: jax.Array) -> jax.Array:
+  """`diag([X; Y]^T K [X; Y])` (batch + in) for column-side `x`, `y`, symmetric `k`."""
+  r = x.shape[-1]
+  kx = apply_col(layout, k[..., :r, :r], x) + apply_col(layout, 2 * k[..., :r, r:], y)
+  return jnp.sum(kx * x + apply_col(layout, k[..., r:, r:], y) * y, axis=-1)
+
+
+def combine_row(layout: PairLayout, x: jax.Array, y: jax.Array, f: jax.Array) -> jax.Array:
+  """Row-side `([X, Y] F)^T` for row-side `x`, `y` (paper: m x r each) and `f` 2r x r."""
+  r = x.shape[layout.nb]
+  f_t = jnp.swapaxes(f, -1, -2)
+  return apply_row(layout, f_t[..., :r], x) + apply_row(layout, f_t[..., r:], y)
+
+
+def combine_col(layout: PairLayout, x: jax.Array, y: jax.Array, f: jax.Array) -> jax.Array:
+  """Column-side `(F [X; Y])^T` for column-side `x`, `y` (paper: r x n each), `f` r x 2r."""
+  r = x.shape[-1]
+  return apply_col(layout, f[..., :r], x) + apply_col(layout, f[..., r:], y)
 
 
 def row_stat(layout: PairLayout, v: jax.Array) -> jax.Array:
