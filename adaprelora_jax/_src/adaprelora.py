@@ -335,11 +335,14 @@ def adaprelora(
     ...           'lora_b': jnp.zeros((4, 12))}
     >>> loss = lambda p: jnp.mean((p['lora_a'] @ p['lora_b'] - target) ** 2)
     >>> tx = apl.adaprelora(0.1)
+    >>> @jax.jit
+    ... def step(params, state):
+    ...   updates, state = tx.update(jax.grad(loss)(params), state, params)
+    ...   return optax.apply_updates(params, updates), state
     >>> state = tx.init(params)
     >>> first = loss(params)
     >>> for _ in range(100):
-    ...   updates, state = tx.update(jax.grad(loss)(params), state, params)
-    ...   params = optax.apply_updates(params, updates)
+    ...   params, state = step(params, state)
     >>> bool(loss(params) < 0.05 * first)
     True
   """

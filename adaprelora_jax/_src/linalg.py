@@ -54,7 +54,7 @@ def spd_inverse(s: jax.Array) -> jax.Array:
     out = jnp.where(is_col, col / d, out)
     return jnp.where(is_row & is_col, -1.0 / d, out)
 
-  return -lax.fori_loop(0, r, sweep, s, unroll=r <= 16)
+  return -lax.fori_loop(0, r, sweep, s, unroll=False)
 
 
 def map_stacked(fn: Callable[..., Any], batch_shapes: Sequence[tuple[int, ...]],

@@ -1,0 +1,44 @@
+"""A many-pair stacked step (the shape that once deadlocked batched LAPACK on 2 CPU cores).
+
+Seven Llama-block projections of 512- and 1376-wide factors, r = 16, two stacked layers,
+several steps under a timeout: a hang fails the test instead of stalling CI.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adaprelora_jax as apl
+
+SHAPES = {"q_proj": (512, 512), "k_proj": (512, 512), "v_proj": (512, 512),
+          "o_proj": (512, 512), "gate_proj": (512, 1376), "up_proj": (512, 1376),
+          "down_proj": (1376, 512)}
+
+
+def llama_block_factors(layers=2, rank=16, seed=0):
+  rng = np.random.default_rng(seed)
+  return {name: {"lora_a": jnp.asarray(rng.normal(size=(layers, n, rank)) / np.sqrt(n),
+                                       jnp.float32),
+                 "lora_b": jnp.asarray(rng.normal(size=(layers, rank, m)) * 1e-2,
+                                       jnp.float32)}
+          for name, (n, m) in SHAPES.items()}
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("name", ["adaprelora"])
+def test_many_pair_stacked_step_finishes(name):
+  tx = {"adaprelora": lambda: apl.adaprelora(1e-3, lora_scale=2.0)}[name]()
+  params = llama_block_factors()
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  for seed in range(3):
+    grads = llama_block_factors(seed=seed + 1)
+    params, state = jax.block_until_ready(step(params, state, grads))
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((params, state)))
