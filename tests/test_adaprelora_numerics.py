@@ -325,3 +325,31 @@ def test_no_m_by_n_array_in_jaxpr_or_compiled_memory():
   compiled = jax.jit(tx.update).lower(params, state, params).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes
   assert temp < n * m * 4 / 8, temp
+
+
+def test_bfloat16_parameters_compute_in_float32():
+  """bf16 factors and gradients: statistics in f32, updates in bf16, momentum in mu_dtype."""
+  rng = np.random.default_rng(4)
+  n, m, r, s = 24, 20, 4, 2.0
+  a, b = lora_problems.factors(rng, (), (n,), (m,), r)
+  params = {"lora_a": jnp.asarray(a, jnp.bfloat16), "lora_b": jnp.asarray(b, jnp.bfloat16)}
+  tx = apl.scale_by_adaprelora(lora_scale=s, mu_dtype=jnp.float32)
+  state = tx.init(params)
+  assert state.mu["lora_a"].dtype == jnp.float32 and state.nu["lora_a"].dtype == jnp.float32
+  a64 = np.asarray(params["lora_a"], np.float64)
+  b64 = np.asarray(params["lora_b"], np.float64)
+  ref_state = reference.init_state(m, n, r)
+  step = jax.jit(tx.update)
+  for t in range(1, 4):
+    ga, gb, _ = lora_problems.factor_grads(rng, a64, b64, 0, s)
+    grads = {"lora_a": jnp.asarray(ga, jnp.bfloat16), "lora_b": jnp.asarray(gb, jnp.bfloat16)}
+    updates, state = step(grads, state, params)
+    dA, dB, ref_state, _ = reference.adaprelora_step(
+        a64.T, b64.T, np.asarray(grads["lora_a"], np.float64).T,
+        np.asarray(grads["lora_b"], np.float64).T, ref_state, t, s=s)
+    assert updates["lora_a"].dtype == jnp.bfloat16
+    # Only the final rounding to bf16 (8 bits of mantissa) separates the two.
+    assert _rel_err(np.asarray(updates["lora_a"], np.float64), dA.T) < 1e-2
+    assert _rel_err(np.asarray(updates["lora_b"], np.float64), dB.T) < 1e-2
+    np.testing.assert_allclose(np.asarray(state.mu["lora_b"]), ref_state.mB.T, rtol=1e-3,
+                               atol=1e-4 * np.abs(ref_state.mB).max())
