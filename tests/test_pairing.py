@@ -148,3 +148,47 @@ def test_masked_holes_pass_through():
   plain = apl.scale_by_adaprelora()
   lora_updates, _ = plain.update(grads["lora"], plain.init(params["lora"]), params["lora"])
   jax.tree.map(np.testing.assert_array_equal, updates["lora"], lora_updates)
+
+
+def test_lora_scale_callable_gets_parent_path_and_scales_per_pair():
+  rng = np.random.default_rng(2)
+  params = {name: {"lora_a": jnp.asarray(rng.normal(size=(6, 2)), jnp.float32),
+                   "lora_b": jnp.asarray(rng.normal(size=(2, 5)), jnp.float32)}
+            for name in ("q", "v")}
+  grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), params)
+  seen = []
+
+  def scale(parent):
+    seen.append(jax.tree_util.keystr(parent))
+    return {"q": 2.0, "v": 0.5}[parent[-1].key]
+
+  tx = apl.scale_by_adaprelora(lora_scale=scale)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert set(seen) == {"['q']", "['v']"}
+  for name, s in (("q", 2.0), ("v", 0.5)):
+    single = apl.scale_by_adaprelora(lora_scale=s)
+    expected, _ = single.update(grads[name], single.init(params[name]), params[name])
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), updates[name],
+                 expected)
+
+
+@pytest.mark.parametrize("clip", [1.0, 1e-3, None])
+def test_wrong_lora_scale_multiplies_the_update_exactly(clip):
+  """SPEC 3: computing with s' instead of s gives s / s' times the update, clipping included."""
+  rng = np.random.default_rng(3)
+  params = {"lora_a": jnp.asarray(rng.normal(size=(12, 3)), jnp.float32),
+            "lora_b": jnp.asarray(rng.normal(size=(3, 9)), jnp.float32)}
+  grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), params)
+           for _ in range(3)]
+  runs = {}
+  for s in (2.0, 0.5, 0.3):
+    tx = apl.scale_by_adaprelora(lora_scale=s, clipping_threshold=clip)
+    state, outs = tx.init(params), []
+    for g in grads:
+      u, state = tx.update(g, state, params)
+      outs.append(u)
+    runs[s] = outs
+  for t in range(3):
+    for k in params:
+      np.testing.assert_allclose(runs[0.5][t][k], 4.0 * runs[2.0][t][k], rtol=1e-6)
+      np.testing.assert_allclose(runs[0.3][t][k], (2.0 / 0.3) * runs[2.0][t][k], rtol=1e-4)
