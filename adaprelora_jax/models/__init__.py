@@ -5,6 +5,7 @@ from adaprelora_jax.models.base import CausalLM
 from adaprelora_jax.models.config import ModelConfig
 from adaprelora_jax.models.config import RopeConfig
 from adaprelora_jax.models.config import config_by_name
+from adaprelora_jax.models.generation import generate
 from adaprelora_jax.models.gpt2 import GPT2
 from adaprelora_jax.models.llama import Llama
 from adaprelora_jax.models.loading import from_pretrained
@@ -23,5 +24,6 @@ __all__ = (
     "build_model",
     "config_by_name",
     "from_pretrained",
+    "generate",
     "make_mesh",
 )
