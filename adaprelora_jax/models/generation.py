@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from adaprelora_jax.models import sharding
 from adaprelora_jax.models.attention import KVCache
 from adaprelora_jax.models.base import CausalLM
 
@@ -87,7 +88,9 @@ def generate(
     tokens, length = _greedy(graphdef, state, input_ids, mask, max_new_tokens=max_new_tokens,
                              eos=eos, pad=pad, ngram=no_repeat_ngram_size)
   else:
-    denominators = tuple(float(np.float32(float(n) ** length_penalty))
+    # n ** length_penalty for n generated tokens, rounded to float32 as transformers does
+    # (entry 0 is never used).
+    denominators = tuple(float(np.float32(float(max(n, 1)) ** length_penalty))
                          for n in range(max_new_tokens + 1))
     tokens, length = _beam_search(
         graphdef, state, input_ids, mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
@@ -122,7 +125,13 @@ def ban_repeated_ngrams(tokens: jax.Array, length: jax.Array, scores: jax.Array,
 def _last_logits(logits: jax.Array, mask: jax.Array) -> jax.Array:
   """The logits after each row's last real prompt token."""
   last = jnp.max(jnp.where(mask, jnp.arange(mask.shape[1]), 0), axis=1)
+  logits = sharding.replicate(logits)
   return logits[jnp.arange(logits.shape[0]), last].astype(jnp.float32)
+
+
+def _next_logits(logits: jax.Array) -> jax.Array:
+  """The logits of a one-token decode step, replicated for the search bookkeeping."""
+  return sharding.replicate(logits[:, 0].astype(jnp.float32))
 
 
 def _is_eos(tokens: jax.Array, eos: tuple[int, ...]) -> jax.Array:
@@ -156,7 +165,7 @@ def _greedy(graphdef, state, input_ids, mask, *, max_new_tokens, eos, pad, ngram
     tokens = jax.lax.dynamic_update_slice(tokens, next_tokens[:, None], (0, length))
     # A module per trace level: NNX refuses Variables from the enclosing trace.
     out, cache = nnx.merge(graphdef, state).decode(next_tokens[:, None], cache)
-    return step + 1, tokens, cache, out[:, 0].astype(jnp.float32), unfinished
+    return step + 1, tokens, cache, _next_logits(out), unfinished
 
   carry = (jnp.zeros((), jnp.int32), tokens, cache, _last_logits(logits, mask),
            jnp.ones((batch,), bool))
@@ -171,8 +180,9 @@ def _gather_beams(x: jax.Array, indices: jax.Array) -> jax.Array:
 
 
 def _reorder_cache(cache: KVCache, rows: jax.Array) -> KVCache:
-  return KVCache(k=jnp.take(cache.k, rows, axis=1), v=jnp.take(cache.v, rows, axis=1),
-                 mask=jnp.take(cache.mask, rows, axis=0), index=cache.index)
+  return KVCache(k=sharding.take_keep_sharding(cache.k, rows, 1),
+                 v=sharding.take_keep_sharding(cache.v, rows, 1),
+                 mask=sharding.take_keep_sharding(cache.mask, rows, 0), index=cache.index)
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -264,7 +274,7 @@ def _beam_search(graphdef, state, input_ids, mask, *, max_new_tokens, num_beams,
     return dict(length=length, running=running, running_scores=running_scores,
                 running_origin=running_origin, sequences=sequences, scores=scores,
                 origin=origins, finished=finished, can_improve=can_improve, done=done,
-                cache=cache, logits=out[:, 0].astype(jnp.float32))
+                cache=cache, logits=_next_logits(out))
 
   c = jax.lax.while_loop(lambda c: ~c["done"], body, carry)
   sequences = c["sequences"][:, :num_return].reshape(batch * num_return, max_length)

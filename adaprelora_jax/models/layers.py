@@ -62,7 +62,8 @@ class Linear(nnx.Module):
     self.dtype = dtype
     self.kernel = param(_normal(rngs, (in_features, out_features), init_std, param_dtype),
                         kernel_spec)
-    bias_spec = None if kernel_spec is None else P(*tuple(kernel_spec)[1:2])
+    # The bias is laid out like the output's feature axis.
+    bias_spec = None if out_spec is None else P(*tuple(out_spec)[-1:])
     self.bias = (param(jnp.zeros((out_features,), param_dtype), bias_spec)
                  if use_bias else None)
 

@@ -200,6 +200,18 @@ def take(x: jax.Array, indices: jax.Array, spec: Spec) -> jax.Array:
   return shard(y, spec)
 
 
+def replicate(x: jax.Array) -> jax.Array:
+  """`x` replicated over the current mesh (a no-op without one)."""
+  return shard(x, P())
+
+
+def take_keep_sharding(x: jax.Array, indices: jax.Array, axis: int) -> jax.Array:
+  """`jnp.take(x, indices, axis)` with `indices` 1-D, keeping `x`'s sharding."""
+  spec = jax.typeof(x).sharding.spec if _explicit(current_mesh()) else None
+  index = (slice(None),) * axis + (indices,)
+  return x.at[index].get(out_sharding=spec)
+
+
 def zeros(shape: tuple[int, ...], dtype, spec: Spec) -> jax.Array:
   """Zeros laid out as `spec`."""
   return jnp.zeros(shape, dtype, out_sharding=out_sharding(spec, shape)) if _explicit(
