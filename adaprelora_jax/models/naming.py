@@ -4,8 +4,9 @@ An NNX path is the Hugging Face module path with the layer index left out (the l
 are stacked along a leading axis) and the leaf renamed (`kernel`, `embedding`, `scale`
 -> `weight`):
 
+>>> from flax import nnx
 >>> from adaprelora_jax.models import build_model, config_by_name
->>> model = build_model(config_by_name("tiny-llama"))
+>>> model = nnx.eval_shape(lambda: build_model(config_by_name("tiny-llama")))
 >>> hf_param_name(model, ("model", "layers", "self_attn", "q_proj", "kernel"), layer=1)
 'model.layers.1.self_attn.q_proj.weight'
 >>> hf_module_name(model, ("model", "layers", "mlp", "down_proj"), layer=0)

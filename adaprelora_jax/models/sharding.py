@@ -8,11 +8,11 @@ layer; `nnx.vmap` adds the (unsharded) leading layer axis. A spec whose mesh axe
 divide a dimension is relaxed for that dimension (`fit_spec`), so e.g. GPT-2's odd
 vocabulary stays whole.
 
->>> mesh = make_mesh(8, fsdp=2, tensor=4)
+>>> mesh = make_mesh(1)  # e.g. make_mesh(8, fsdp=2, tensor=4) on 8 devices
 >>> dict(mesh.shape)
-{'data': 1, 'fsdp': 2, 'tensor': 4}
+{'data': 1, 'fsdp': 1, 'tensor': 1}
 >>> ShardingConfig.fsdp_tp().mlp_in_df
-PartitionSpec('fsdp', 'tensor')
+P('fsdp', 'tensor')
 """
 
 from __future__ import annotations
