@@ -76,6 +76,9 @@ def generate(
   mask = (jnp.ones(input_ids.shape, bool) if attention_mask is None
           else jnp.asarray(attention_mask).astype(bool))
   config = model.config
+  if config.is_gpt2 and input_ids.shape[1] + max_new_tokens > config.max_position_embeddings:
+    raise ValueError(f"prompt {input_ids.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
+                     f"GPT-2's {config.max_position_embeddings} positions")
   eos = config.eos_token_id if eos_token_id is None else eos_token_id
   eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(int(e) for e in eos)
   pad = config.pad_token_id if pad_token_id is None else pad_token_id

@@ -12,6 +12,7 @@ plus one weight kind (on CPU, where `device_put` keeps the buffer, just the mode
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 
 import jax
@@ -72,11 +73,26 @@ def from_pretrained(
         config, dtype=jnp.float32 if dtype is None else dtype, compute_dtype=compute_dtype,
         sharding=sharding, remat=remat))
     graphdef, state = nnx.split(abstract)
-    loaded = []
+    loaded, used = [], set()
     for nnx_path, variable in nnx.to_flat_state(state):
-      value = _load(checkpoint, abstract, nnx_path, variable, dtype, mesh)
+      value, names = _load(checkpoint, abstract, nnx_path, variable, dtype, mesh)
       loaded.append((nnx_path, variable.replace(value)))
+      used.update(names)
+    _warn_unused(checkpoint, used)
     return nnx.merge(graphdef, nnx.from_flat_state(loaded))
+
+
+# Checkpoint tensors that are not weights (old buffers) or are tied to the embedding.
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq", "lm_head.weight")
+
+
+def _warn_unused(checkpoint: Checkpoint, used: set[str]) -> None:
+  unused = sorted(n for n in checkpoint.tensors
+                  if n not in used and not n.endswith(_IGNORED_SUFFIXES))
+  if unused:
+    warnings.warn(f"{checkpoint.source}: {len(unused)} tensors not used by the model "
+                  f"(does config.json match the weights?): {', '.join(unused[:5])}"
+                  f"{' ...' if len(unused) > 5 else ''}", stacklevel=3)
 
 
 def _find(checkpoint: Checkpoint, model, name: str) -> TensorInfo:
@@ -118,6 +134,7 @@ def _load(checkpoint, model, nnx_path, variable, dtype, mesh) -> jax.Array:
     buffer[i if stacked else ...] = source.T if transposed else source
     del source  # unmaps the tensor
   spec = variable.get_metadata().get("out_sharding") if mesh is not None else None
+  names = [info.name for info in infos]
   if mesh is None:
-    return jax.device_put(buffer)
-  return jax.device_put(buffer, NamedSharding(mesh, P(*(spec or ()))))
+    return jax.device_put(buffer), names
+  return jax.device_put(buffer, NamedSharding(mesh, P(*(spec or ())))), names

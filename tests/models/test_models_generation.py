@@ -128,3 +128,9 @@ def test_beam_search_stopping_heuristics_match_transformers(loaded, case):
   out = generate(model, ids, attention_mask=mask, max_new_tokens=MAX_NEW,
                  eos_token_id=tuple(eos), pad_token_id=PAD, **kwargs)
   np.testing.assert_array_equal(np.asarray(out), ref)
+
+
+def test_gpt2_generation_stays_within_its_positions(loaded):
+  _, model = loaded("gpt2")  # 64 positions
+  with pytest.raises(ValueError, match="exceeds GPT-2's 64 positions"):
+    generate(model, np.ones((1, 60), np.int32), max_new_tokens=5)

@@ -75,5 +75,9 @@ def test_settings_matter(checkpoints, tmp_path, name):
   SETTINGS[name](config)
   (folder / "config.json").write_text(json.dumps(config))
   ids = _ids()
-  model = from_pretrained(folder)
+  if name == "llama":  # the checkpoint's attention biases are now surplus
+    with pytest.warns(UserWarning, match="tensors not used by the model"):
+      model = from_pretrained(folder)
+  else:
+    model = from_pretrained(folder)
   assert relative_error(forward(model, ids), torch_logits(torch_model, ids)) > 1e-3
