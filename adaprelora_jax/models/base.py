@@ -56,9 +56,9 @@ def layer_windows(config: ModelConfig) -> np.ndarray:
 class CausalLM(nnx.Module):
   """A decoder-only language model: `model(input_ids) -> logits`.
 
-  Subclasses set `config`, `sharding`, `dtype`, `remat` and implement `backbone`
-  (embeddings, stacked layers, final norm: `(input_ids, context, kv) -> (hidden, kv)`)
-  and `logits(hidden)`.
+  Subclasses set `config`, `sharding` and `dtype` (the compute dtype) and implement
+  `backbone` (embeddings, stacked layers, final norm: `(input_ids, context, kv) ->
+  (hidden, kv)`) and `logits(hidden)`.
   """
 
   config: ModelConfig

@@ -151,7 +151,8 @@ def fit_spec(spec: Spec, shape: tuple[int, ...], mesh=None) -> P | None:
     names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
     kept = []
     for name in names:
-      if name in sizes and name not in used and dim % (math.prod(sizes[k] for k in kept) * sizes[name]) == 0:
+      split = math.prod(sizes[k] for k in kept) * sizes.get(name, 0)
+      if name in sizes and name not in used and dim % split == 0:
         kept.append(name)
     used.update(kept)
     out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))

@@ -121,5 +121,6 @@ def test_decode_with_cache_equals_full_forward(loaded):
   for t in range(9, 14):
     logits, cache = decode(model, jnp.asarray(ids[:, t:t + 1]), cache)
     steps.append(logits)
-  np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=0, atol=1e-5 * np.abs(full).max())
+  np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=0,
+                             atol=1e-5 * np.abs(full).max())
   assert int(cache.index) == 14 and cache.k.shape == (2, 2, 16, 2, 16)

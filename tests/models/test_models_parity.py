@@ -36,8 +36,9 @@ def test_padded_batch_equals_unpadded(loaded, name):
   right = forward(model, right_ids, right_mask)
   for i, row in enumerate(rows):
     alone = forward(model, row[None])[0]
-    np.testing.assert_allclose(out[i, SEQ - len(row):], alone, rtol=0, atol=1e-5 * np.abs(alone).max())
-    np.testing.assert_allclose(right[i, :len(row)], alone, rtol=0, atol=1e-5 * np.abs(alone).max())
+    atol = 1e-5 * np.abs(alone).max()
+    np.testing.assert_allclose(out[i, SEQ - len(row):], alone, rtol=0, atol=atol)
+    np.testing.assert_allclose(right[i, :len(row)], alone, rtol=0, atol=atol)
     assert relative_error(alone, torch_logits(torch_model, row[None])[0]) < 1e-4
 
 
