@@ -247,11 +247,12 @@ def scale_by_lora_rite(
                                [rank_rtol] * len(layouts))
 
     # 2. The global clip of the unmagnified gradients.
+    wide = jnp.result_type(*dts)
     if clip:
-      total = sum(jnp.sum(f[-1]).astype(jnp.float32) for f in first)
+      total = sum(jnp.sum(f[-1]).astype(wide) for f in first)
       scale = 1.0 / jnp.maximum(1.0, jnp.sqrt(total) / clipping_threshold)
     else:
-      scale = jnp.ones([], jnp.float32)
+      scale = jnp.ones([], wide)
 
     # 3. Second moments and the preconditioner (one eigh per rank group).
     beta1 = [_corrected_decay(jnp.asarray(b1, dt), count.astype(dt)) for dt in dts]
