@@ -26,10 +26,19 @@ def llama_block_factors(layers=2, rank=16, seed=0):
           for name, (n, m) in SHAPES.items()}
 
 
+OPTIMIZERS = {
+    "adaprelora": lambda: apl.adaprelora(1e-3, lora_scale=2.0),
+    "loraplus": lambda: apl.loraplus(1e-3),
+    "scaled_adamw": lambda: apl.scaled_adamw(1e-3),
+    "lora_pro": lambda: apl.lora_pro(1e-3, lora_scale=2.0),  # One batched eigh per step.
+    "lora_rite": lambda: apl.lora_rite(1e-3, escape_mass=True),  # One batched eigh per step.
+}
+
+
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("name", ["adaprelora"])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_many_pair_stacked_step_finishes(name):
-  tx = {"adaprelora": lambda: apl.adaprelora(1e-3, lora_scale=2.0)}[name]()
+  tx = OPTIMIZERS[name]()
   params = llama_block_factors()
   state = tx.init(params)
 
