@@ -9,6 +9,7 @@ LoRA init (B = 0) for every optimizer of the family.
 import math
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -293,3 +294,35 @@ def test_finite_steps_from_lora_init(name):
     for x in jax.tree.leaves((params, state, updates)):
       assert bool(jnp.all(jnp.isfinite(x)))
   assert float(loss(params)) < first
+
+
+def _avals(jaxpr):
+  """Every variable's aval in a jaxpr and its sub-jaxprs (cond, scan, fori_loop, pjit)."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  for v in list(jaxpr.invars) + list(jaxpr.constvars):
+    yield v.aval
+  for eqn in jaxpr.eqns:
+    yield from (v.aval for v in eqn.outvars)
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      yield from _avals(sub)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY))
+def test_state_size_and_no_m_by_n_array(name):
+  """State like Adam's (plus r x r); nothing m x n, except in LoRA-Pro's full mode."""
+  layers, n, m, r = 2, 96, 80, 4
+  params = {"lora_a": jnp.ones((layers, n, r)), "lora_b": jnp.ones((layers, r, m))}
+  tx = FAMILY[name]()
+  state = tx.init(params)
+  sizes = [math.prod(av.shape) for av in
+           _avals(jax.make_jaxpr(tx.update)(params, state, params))
+           if hasattr(av, "shape")]
+  n_params = layers * (n + m) * r
+  state_size = sum(x.size for x in jax.tree.leaves(state) if x.ndim > 0)
+  if name == "lora_pro_full":
+    assert max(sizes) >= layers * n * m  # The memory-hungry reference really is m x n.
+    assert state_size == 2 * layers * n * m
+    return
+  assert max(sizes) < n * m, max(sizes)
+  small = {"lora_rite": layers * 2 * (2 * r * r + 1)}.get(name, 0)  # nu, prev_inv, escape
+  assert state_size == 2 * n_params + small
