@@ -74,6 +74,9 @@ def adafactor(
     leaves of other shapes (the `(1,)` placeholders of unfactored leaves), which fails on
     a sharded model. Here `init` unwraps the Variables first.
 
+  Under `optax.inject_hyperparams`, pass `static_args=("min_dim_size_to_factor",)`: it
+  decides the state's shapes.
+
   Returns:
     An `optax.GradientTransformationExtraArgs`.
   """
