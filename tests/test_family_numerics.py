@@ -326,3 +326,20 @@ def test_state_size_and_no_m_by_n_array(name):
   assert max(sizes) < n * m, max(sizes)
   small = {"lora_rite": layers * 2 * (2 * r * r + 1)}.get(name, 0)  # nu, prev_inv, escape
   assert state_size == 2 * n_params + small
+
+
+@pytest.mark.parametrize("name", ["scaled_adamw", "lora_pro", "lora_pro_full", "lora_rite"])
+def test_multi_axis_input_with_dimension_numbers_x64(x64, name):
+  """lora_a (batch, 3, 4, r): two input axes, declared by LoRADimensionNumbers(batch_axes=1)."""
+  dn = apl.LoRADimensionNumbers(batch_axes=1)
+  case = dict(batch=(2,), in_shape=(3, 4), out_shape=(7,), r=2)
+  tx, ref_step = {
+      "scaled_adamw": (apl.scale_by_scaled_adamw(dimension_numbers=dn),
+                       _scaled_adamw_ref(1e-6)),
+      "lora_pro": (apl.scale_by_lora_pro(dimension_numbers=dn), _lora_pro_ref(1.0, "efficient")),
+      "lora_pro_full": (apl.scale_by_lora_pro(mode="full", dimension_numbers=dn),
+                        _lora_pro_ref(1.0, "full")),
+      "lora_rite": (apl.scale_by_lora_rite(dimension_numbers=dn), _lora_rite_ref(1.0, False)),
+  }[name]
+  errors = _run(tx, ref_step, case)
+  assert max(errors) < 1e-12, errors

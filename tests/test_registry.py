@@ -103,3 +103,21 @@ def test_wrapped_adafactor_works_on_sharded_nnx_lora_where_optax_adafactor_fails
   v = inner.v["lora"]["lora_b"][...]
   assert v.shape == (4, 32)
   assert tuple(v.sharding.spec) == (None, "tensor")
+
+
+FAMILY = ("loraplus", "scaled_adamw", "lora_pro", "lora_pro_full", "lora_rite")
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_family_rejects_unpaired_leaves_and_passes_masked_holes(name):
+  rng = np.random.default_rng(0)
+  arr = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
+  params = {"q": {"lora_a": arr(8, 2), "lora_b": arr(2, 4)}, "bias": arr(4)}
+  who = "lora_pro" if name == "lora_pro_full" else name
+  with pytest.raises(ValueError, match=rf"{who}: .*\['bias'\].*optax.partition"):
+    apl.optimizers[name](1e-2).init(params)
+  tx = optax.masked(apl.optimizers[name](1e-2), {"q": {"lora_a": True, "lora_b": True},
+                                                 "bias": False})
+  updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
+  assert bool(jnp.all(updates["bias"] == params["bias"]))  # optax.masked: passed through.
+  assert bool(jnp.any(updates["q"]["lora_b"] != 0))
