@@ -128,7 +128,7 @@ def scale_by_lora_pro(
   eigenbases give `S_B^-1` and `S_A^-1`). One batched `eigh` per step holds both Grams
   of every pair of a rank. At `B = 0` (LoRA init) `g^A = 0` and `X = 0`.
 
-  `mode="efficient"` (the default, and the paper's practical algorithm) applies Adam to
+  `mode="efficient"` (the default, as in the authors' code) applies Adam to
   `(g^A, g^B)`: state like the factors. `mode="full"` keeps Adam's moments of the
   equivalent W-gradient `\tilde G = s(B g^A + g^B A)` (the projection of `G` onto the
   tangent space at `BA`), takes Adam's direction `D` there and maps it back with the same
