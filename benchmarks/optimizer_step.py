@@ -3,10 +3,12 @@
 One jitted step (update and apply, parameters and state donated) over the LoRA factors
 of q/k/v/o/gate/up/down projections (hidden 4096, MLP 11008, rank 16, layers stacked),
 every optimizer interleaved in one run so they see the same machine state. Reports the
-min and median step time and the state bytes, each as a ratio to `optax.adamw`.
+min and median step time and the state bytes, each as a ratio to `optax.adamw` (the
+registry's `adamw`). Optimizers by their registry names (`adaprelora_jax.optimizers`).
 
     python benchmarks/optimizer_step.py                 # the README table
     python benchmarks/optimizer_step.py --hidden 256 --mlp 688 --repeats 5   # quick
+    python benchmarks/optimizer_step.py --optimizers adamw,lora_pro,lora_pro_full
 """
 
 from __future__ import annotations
@@ -25,16 +27,17 @@ import adaprelora_jax as apl
 BASELINE = "adamw"
 
 
+# Keyword arguments beyond the learning rate, per registry name (the model's LoRA scale).
+KWARGS = {"adaprelora": dict(lora_scale=2.0), "lora_pro": dict(lora_scale=2.0),
+          "lora_pro_full": dict(lora_scale=2.0)}
+
+
 def optimizers(names):
-  known = {
-      "adamw": lambda: optax.adamw(1e-4),
-      "adafactor": lambda: optax.adafactor(1e-4),
-      "adaprelora": lambda: apl.adaprelora(1e-4, lora_scale=2.0),
-  }
-  unknown = set(names) - set(known)
+  """Every optimizer of the registry (`adaprelora_jax.optimizers`) by name."""
+  unknown = set(names) - set(apl.optimizers)
   if unknown:
-    raise SystemExit(f"unknown optimizers {sorted(unknown)}; known: {sorted(known)}")
-  return {name: known[name]() for name in names}
+    raise SystemExit(f"unknown optimizers {sorted(unknown)}; known: {sorted(apl.optimizers)}")
+  return {name: apl.optimizers[name](1e-4, **KWARGS.get(name, {})) for name in names}
 
 
 def lora_factors(hidden, mlp, rank, layers, dtype=jnp.float32, seed=0):
@@ -71,7 +74,10 @@ def main(argv=None):
   parser.add_argument("--rank", type=int, default=16)
   parser.add_argument("--layers", type=int, default=2)
   parser.add_argument("--repeats", type=int, default=21)
-  parser.add_argument("--optimizers", default="adamw,adafactor,adaprelora")
+  parser.add_argument("--optimizers", default=",".join(
+      name for name in apl.optimizers if name != "lora_pro_full"),
+      help="comma-separated registry names; lora_pro_full (m x n Adam state, several GB "
+           "at the default sizes) only when asked for")
   args = parser.parse_args(argv)
 
   names = args.optimizers.split(",")

@@ -18,6 +18,11 @@ import adaprelora_jax as apl
 OPTIMIZERS = {
     "adaprelora": (apl.adaprelora, dict(lora_scale=2.0, b1=0.9)),
     "adaprelora_no_momentum": (apl.adaprelora, dict(b1=None, clipping_threshold=None)),
+    "loraplus": (apl.loraplus, dict(lr_ratio=4.0, weight_decay=1e-3)),
+    "scaled_adamw": (apl.scaled_adamw, dict(reg=1e-4, weight_decay=1e-3)),
+    "lora_pro": (apl.lora_pro, dict(lora_scale=2.0)),
+    "lora_pro_full": (apl.optimizers["lora_pro_full"], dict(lora_scale=2.0)),
+    "lora_rite": (apl.lora_rite, dict(escape_mass=True)),
 }
 NAMES = sorted(OPTIMIZERS)
 

@@ -5,6 +5,7 @@ several steps under a timeout: a hang fails the test instead of stalling CI.
 """
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -26,10 +27,19 @@ def llama_block_factors(layers=2, rank=16, seed=0):
           for name, (n, m) in SHAPES.items()}
 
 
+OPTIMIZERS = {
+    "adaprelora": lambda: apl.adaprelora(1e-3, lora_scale=2.0),
+    "loraplus": lambda: apl.loraplus(1e-3),
+    "scaled_adamw": lambda: apl.scaled_adamw(1e-3),
+    "lora_pro": lambda: apl.lora_pro(1e-3, lora_scale=2.0),  # One batched eigh per step.
+    "lora_rite": lambda: apl.lora_rite(1e-3, escape_mass=True),  # One batched eigh per step.
+}
+
+
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("name", ["adaprelora"])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_many_pair_stacked_step_finishes(name):
-  tx = {"adaprelora": lambda: apl.adaprelora(1e-3, lora_scale=2.0)}[name]()
+  tx = OPTIMIZERS[name]()
   params = llama_block_factors()
   state = tx.init(params)
 
@@ -42,3 +52,23 @@ def test_many_pair_stacked_step_finishes(name):
     grads = llama_block_factors(seed=seed + 1)
     params, state = jax.block_until_ready(step(params, state, grads))
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((params, state)))
+
+
+def _primitives(jaxpr):
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  for eqn in jaxpr.eqns:
+    yield eqn.primitive.name
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      yield from _primitives(sub)
+
+
+@pytest.mark.parametrize("name, eighs", [("lora_pro", 1), ("lora_rite", 1), ("scaled_adamw", 0)])
+def test_one_batched_eigh_per_step_and_no_other_lapack_call(name, eighs):
+  """Seven pairs of one rank: one `eigh` for all their r x r matrices, no QR/Cholesky/solve."""
+  tx = OPTIMIZERS[name]()
+  params = llama_block_factors(layers=2)
+  state = jax.eval_shape(tx.init, params)
+  prims = list(_primitives(jax.make_jaxpr(tx.update)(params, state, params)))
+  assert prims.count("eigh") == eighs, prims.count("eigh")
+  lapack = {"cholesky", "qr", "householder_product", "lu", "triangular_solve", "svd", "geqrf"}
+  assert not lapack & set(prims), lapack & set(prims)

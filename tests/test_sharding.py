@@ -21,6 +21,11 @@ LAYOUT = {
 # How each optimizer of the package is built here; the family adds lines.
 OPTIMIZERS = {
     "adaprelora": lambda: apl.adaprelora(1e-2, lora_scale=2.0, weight_decay=1e-3),
+    "loraplus": lambda: apl.loraplus(1e-2, lr_ratio=4.0, weight_decay=1e-3),
+    "scaled_adamw": lambda: apl.scaled_adamw(1e-2, weight_decay=1e-3),
+    "lora_pro": lambda: apl.lora_pro(1e-2, lora_scale=2.0),
+    "lora_pro_full": lambda: apl.lora_pro(1e-2, lora_scale=2.0, mode="full"),
+    "lora_rite": lambda: apl.lora_rite(1e-2, escape_mass=True),
 }
 
 
@@ -161,3 +166,90 @@ def test_nnx_lora_linear_with_sharding_metadata_trains(kind):
     assert _spec_of(model.lora.lora_b[...]) == (None, "tensor")
   np.testing.assert_allclose(losses, want_losses, rtol=1e-4)
   assert losses[-1] < losses[0]
+
+
+
+# The family's own layouts: the shared ones plus experts whose batch axis is sharded, so
+# that per-pair r x r state must follow the batch sharding.
+FAMILY_LAYOUT = {**LAYOUT,
+                 "experts": ((4, 8, 2), P("fsdp", None, None), (4, 2, 8), P("fsdp", None, "tensor"))}
+
+
+def _family_tree(fn):
+  return {k: {"lora_a": fn(k, sa, pa), "lora_b": fn(k, sb, pb)}
+          for k, (sa, pa, sb, pb) in FAMILY_LAYOUT.items()}
+
+
+def _family_params(seed, mesh=None):
+  rng = np.random.default_rng(seed)
+  def make(key, shape, spec):
+    x = rng.normal(size=shape).astype(np.float32) / 3
+    return jnp.asarray(x) if mesh is None else jax.device_put(x, NamedSharding(mesh, spec))
+  return _family_tree(make)
+
+
+def _family_state_specs(name, state):
+  """(layout, array, expected spec) of the family's state leaves."""
+  out = []
+  for key, (sa, pa, sb, pb) in FAMILY_LAYOUT.items():
+    pa = tuple(pa) + (None,) * (len(sa) - len(pa))
+    pb = tuple(pb) + (None,) * (len(sb) - len(pb))
+    nb = len(sa) - 2
+    batch_rr = pa[:nb] + (None, None)
+    if name == "lora_pro_full":
+      out.append((key, state.mu[key]["lora_a"], pa[:-1] + pb[nb + 1:]))
+      out.append((key, state.nu[key]["lora_a"], pa[:-1] + pb[nb + 1:]))
+      assert state.mu[key]["lora_b"] is None
+    else:
+      for field in ("mu", "nu") + (("prev",) if name == "lora_rite" else ()):
+        leaves = getattr(state, field)[key]
+        is_rr = name == "lora_rite" and field == "nu"
+        out.append((key, leaves["lora_a"], batch_rr if is_rr else pa))
+        out.append((key, leaves["lora_b"], batch_rr if is_rr else pb))
+    if name == "lora_rite":
+      out.append((key, state.prev_inv[key]["lora_b"], batch_rr))
+      out.append((key, state.escape[key]["lora_a"], pa[:nb]))
+  return out
+
+
+FAMILY_STATE = {
+    "scaled_adamw": lambda: apl.scale_by_scaled_adamw(),
+    "lora_pro": lambda: apl.scale_by_lora_pro(),
+    "lora_pro_full": lambda: apl.scale_by_lora_pro(mode="full"),
+    "lora_rite": lambda: apl.scale_by_lora_rite(escape_mass=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_STATE))
+def test_family_state_follows_indexed_axes_and_sharded_steps_match(name):
+  """State specs at init (ShapeDtypeStructs) and after sharded steps; values as unsharded.
+
+  Factor-shaped state is sharded like its factor, r x r state like the batch axes only,
+  LoRA-Pro's full-mode m x n moments like lora_a on `in` and lora_b on `out`.
+  """
+  mesh = _mesh("explicit")
+  tx = FAMILY_STATE[name]()
+  step = jax.jit(tx.update)
+  params, grads = _family_params(0), [_family_params(s) for s in (1, 2)]
+  state = tx.init(params)
+  want = []
+  for g in grads:
+    updates, state = step(g, state, params)
+    want.append(updates)
+  abstract = _family_tree(lambda key, shape, spec: jax.ShapeDtypeStruct(
+      shape, jnp.float32, sharding=NamedSharding(mesh, spec)))
+  with jax.set_mesh(mesh):
+    state = tx.init(abstract)
+    for key, x, spec in _family_state_specs(name, state):
+      assert _spec_of(x) == tuple(spec), (key, x.sharding, spec)
+    params = _family_params(0, mesh)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    for seed, expected in zip((1, 2), want):
+      updates, state = step(_family_params(seed, mesh), state, params)
+      # Adam-normalised directions (entries ~1, not times a learning rate): f32
+      # reductions in another order move a few entries by ~1e-5.
+      jax.tree.map(lambda x, y: np.testing.assert_allclose(
+          np.asarray(x), np.asarray(y), rtol=2e-4, atol=2e-5), updates, expected)
+      for key, x, spec in _family_state_specs(name, state):
+        assert _spec_of(x) == tuple(spec), (key, x.sharding, spec)

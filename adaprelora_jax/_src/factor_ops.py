@@ -107,3 +107,25 @@ def col_stat(layout: PairLayout, v: jax.Array) -> jax.Array:
 def per_pair(layout: PairLayout, x: jax.Array, extra_axes: int) -> jax.Array:
   """A per-pair value of shape `batch` broadcast against arrays with `extra_axes` more."""
   return x.reshape(x.shape + (1,) * extra_axes)
+
+
+# Adapted-weight-sized (m x n) operations: only LoRA-Pro's full mode, the memory-hungry
+# reference point of the family, uses these.
+
+
+def outer(layout: PairLayout, x: jax.Array, y: jax.Array) -> jax.Array:
+  """`x @ y` (batch + in + out) for column-side `x` and row-side `y`: a weight-shaped array."""
+  b, i, o = layout.batch, layout.inp, layout.out
+  return _einsum(f"{b}{i}k,{b}k{o}->{b}{i}{o}", x, y)
+
+
+def full_times_row(layout: PairLayout, w: jax.Array, y: jax.Array, like: jax.Array) -> jax.Array:
+  """Column-side `w @ y^T` for weight-shaped `w` and row-side `y` (sharded like `like`)."""
+  b, i, o = layout.batch, layout.inp, layout.out
+  return _einsum(f"{b}{i}{o},{b}k{o}->{b}{i}k", w, y, sharding.like(like))
+
+
+def col_times_full(layout: PairLayout, x: jax.Array, w: jax.Array, like: jax.Array) -> jax.Array:
+  """Row-side `x^T @ w` for column-side `x` and weight-shaped `w` (sharded like `like`)."""
+  b, i, o = layout.batch, layout.inp, layout.out
+  return _einsum(f"{b}{i}k,{b}{i}{o}->{b}k{o}", x, w, sharding.like(like))

@@ -95,3 +95,77 @@ def map_stacked(fn: Callable[..., Any], batch_shapes: Sequence[tuple[int, ...]],
           out)
   return results
 
+
+
+def cholesky(s: jax.Array, rtol=0.0) -> jax.Array:
+  """Lower Cholesky factors `L` (`S = L L^T`) of PSD matrices `s` (..., r, r), in lax ops.
+
+  The outer-product (right-looking) form: r rank-one downdates of the Schur complement,
+  vectorised over the leading axes. A pivot that is not above `rtol` times the
+  original diagonal entry (or not positive) marks a direction that is numerically in
+  the span of the earlier columns (or zero): its column of `L` is set to zero and the
+  remaining Schur complement ignores it. For full-rank input this is the Cholesky
+  factor; for rank-deficient input (e.g. a zero LoRA factor) it is the factor of the
+  well-determined part, and `tril_inverse` then acts as a pseudo-inverse.
+
+  Args:
+    s: symmetric positive semi-definite matrices, shape (..., r, r).
+    rtol: relative pivot tolerance (a scalar, or an array broadcasting against the
+      leading axes).
+
+  Returns:
+    Lower-triangular `L` of the same shape, with a non-negative diagonal (zero where a
+    pivot was dropped).
+  """
+  r = s.shape[-1]
+  idx = jnp.arange(r)
+  diag0 = jnp.diagonal(s, axis1=-2, axis2=-1)
+  rtol = jnp.asarray(rtol, s.dtype)
+
+  def step(k, carry):
+    a, l = carry
+    col = lax.dynamic_index_in_dim(a, k, axis=a.ndim - 1, keepdims=False)  # (..., r)
+    pivot = lax.dynamic_index_in_dim(col, k, axis=col.ndim - 1, keepdims=False)
+    ref = lax.dynamic_index_in_dim(diag0, k, axis=diag0.ndim - 1, keepdims=False)
+    keep = (pivot > 0) & (pivot > rtol * ref)
+    d = jnp.sqrt(jnp.where(keep, pivot, 1.0))
+    lcol = jnp.where((idx >= k) & keep[..., None], col / d[..., None], 0.0)
+    a = a - lcol[..., :, None] * lcol[..., None, :]
+    l = jnp.where(idx[None, :] == k, lcol[..., :, None], l)
+    return a, l
+
+  _, l = lax.fori_loop(0, r, step, (s, jnp.zeros_like(s)))
+  return l
+
+
+def tril_inverse(l: jax.Array) -> jax.Array:
+  """Inverse of lower-triangular matrices `l` (..., r, r) by forward substitution.
+
+  A zero diagonal entry (a pivot `cholesky` dropped) gives a zero row in the result,
+  so for a Cholesky factor of a singular matrix this is a generalised inverse that
+  annihilates the dropped directions rather than an overflow.
+  """
+  r = l.shape[-1]
+  idx = jnp.arange(r)
+  eye = jnp.eye(r, dtype=l.dtype)
+
+  def step(k, y):
+    row = lax.dynamic_index_in_dim(l, k, axis=l.ndim - 2, keepdims=False)  # (..., r)
+    pivot = lax.dynamic_index_in_dim(row, k, axis=row.ndim - 1, keepdims=False)
+    below = jnp.where(idx < k, row, 0.0)
+    rhs = eye[k] - jnp.einsum("...j,...jc->...c", below, y, precision=lax.Precision.HIGHEST)
+    ok = pivot > 0
+    new = jnp.where(ok[..., None], rhs / jnp.where(ok, pivot, 1.0)[..., None], 0.0)
+    return jnp.where(idx[:, None] == k, new[..., None, :], y)
+
+  return lax.fori_loop(0, r, step, jnp.zeros_like(l))
+
+
+def eigh(s: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Eigenvalues (ascending) and eigenvectors of symmetric matrices `s` (..., r, r).
+
+  One `jnp.linalg.eigh` call on the symmetrised stack: callers stack every r x r matrix
+  of a step into one call (see `map_stacked`), since several batched LAPACK calls in
+  one jitted step can deadlock on small CPU hosts with jaxlib 0.10.
+  """
+  return jnp.linalg.eigh(0.5 * (s + jnp.swapaxes(s, -1, -2)))

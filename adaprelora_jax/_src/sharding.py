@@ -51,3 +51,10 @@ def match_batch(x, ref, batch_ndim: int):
   if _explicit_sharding(x) is not None and _spec(x) == want:
     return x
   return jax.sharding.reshard(x, P(*want))
+
+
+def like(x):
+  """`out_sharding` giving `x`'s partition spec (Explicit axes only; None otherwise)."""
+  if _explicit_sharding(x) is None:
+    return None
+  return P(*_spec(x))

@@ -1,0 +1,76 @@
+"""Pieces shared by the paired transforms of the LoRA family (beyond `pairing`).
+
+The dtypes of the computation, the flattening of an update tree against the parameters'
+pairing, Adam's moment update on a factor-sized array, and a wrapper that hands optax
+transforms plain arrays at `init` (not NNX Variables, whose sharding metadata would
+otherwise be copied onto state leaves).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adaprelora_jax._src import pairing
+
+
+def compute_dtype(*xs) -> Any:
+  """`promote_types(dtype of xs, float32)`: float32 for bf16/f32 factors, float64 under x64."""
+  return jnp.promote_types(jnp.result_type(*[x.dtype for x in xs]), jnp.float32)
+
+
+def flatten_like(treedef, tree, name: str) -> list[Any]:
+  """The leaves of `tree` (NNX Variables unwrapped) flattened up to the params' treedef."""
+  try:
+    return treedef.flatten_up_to(pairing.unwrap(tree))
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"The {name} tree does not match the structure of params: {e}") from e
+
+
+def require_params(params, who: str):
+  if params is None:
+    raise ValueError(f"{who} needs the current LoRA factors: call "
+                     "update(grads, state, params).")
+
+
+def adam_moments(g, mu, nu, count, b1, b2, eps):
+  """One Adam step on `g` (optax `scale_by_adam` semantics, eps outside the root).
+
+  Args:
+    g: the (preconditioned) gradient, in the compute dtype.
+    mu, nu: the first and second moments (any float dtype; computed in `g`'s dtype).
+    count: the step number after the increment (t >= 1).
+    b1, b2, eps: Adam's hyperparameters (floats or traced scalars).
+
+  Returns:
+    `(direction, new mu, new nu)`, the moments in `g`'s dtype (callers cast them).
+  """
+  dt = g.dtype
+  t = count.astype(dt)
+  b1, b2 = jnp.asarray(b1, dt), jnp.asarray(b2, dt)
+  mu = (1.0 - b1) * g + b1 * mu.astype(dt)
+  nu = (1.0 - b2) * g * g + b2 * nu.astype(dt)
+  mu_hat = mu / (1.0 - b1 ** t)
+  nu_hat = nu / (1.0 - b2 ** t)
+  return mu_hat / (jnp.sqrt(nu_hat) + jnp.asarray(eps, dt)), mu, nu
+
+
+def with_plain_init(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` whose `init` sees plain arrays: NNX Variables are unwrapped first.
+
+  `nnx.Optimizer` hands `init` the Variables of the model. optax transforms build
+  their state with `jax.tree.map` over them, which copies each parameter's metadata
+  (its `out_sharding` among it) onto state leaves, including leaves of another shape
+  (e.g. `optax.adafactor`'s factored or placeholder statistics), which then fail to
+  shard. Plain arrays keep their sharding through `zeros_like`, so nothing is lost.
+  """
+
+  def init_fn(params):
+    return tx.init(pairing.unwrap(params))
+
+  if isinstance(tx, optax.GradientTransformationExtraArgs):
+    return optax.GradientTransformationExtraArgs(init_fn, tx.update)
+  return optax.GradientTransformation(init_fn, tx.update)
