@@ -11,6 +11,7 @@ import optax
 
 from adaprelora_jax._src import factor_ops as ops
 from adaprelora_jax._src import linalg
+from adaprelora_jax._src import paired
 from adaprelora_jax._src import pairing
 from adaprelora_jax._src import sharding
 from adaprelora_jax._src import state_utils
@@ -184,8 +185,8 @@ def scale_by_adaprelora(
     nu = [None] * len(leaves)
     for lay in layouts:
       a, b = leaves[lay.a_index], leaves[lay.b_index]
-      nu[lay.a_index] = state_utils.zeros_without_axis(a, a.ndim - 1, _compute_dtype(a))
-      nu[lay.b_index] = state_utils.zeros_without_axis(b, lay.nb, _compute_dtype(b))
+      nu[lay.a_index] = state_utils.zeros_without_axis(a, a.ndim - 1, paired.compute_dtype(a))
+      nu[lay.b_index] = state_utils.zeros_without_axis(b, lay.nb, paired.compute_dtype(b))
     mu = None
     if b1 is not None:
       mu = treedef.unflatten(
@@ -194,17 +195,15 @@ def scale_by_adaprelora(
                            nu=treedef.unflatten(nu))
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("scale_by_adaprelora needs the current LoRA factors: call "
-                       "update(grads, state, params).")
+    paired.require_params(params, "scale_by_adaprelora")
     layouts, treedef = pairing.pair_layouts(params, dimension_numbers)
-    grads = _flatten_like(treedef, updates, "updates")
+    grads = paired.flatten_like(treedef, updates, "updates")
     params = treedef.flatten_up_to(pairing.unwrap(params))
     nu = treedef.flatten_up_to(state.nu)
     mu = treedef.flatten_up_to(state.mu) if b1 is not None else None
     scales = pairing.resolve_lora_scales(lora_scale, layouts)
     count = optax.safe_increment(state.count)
-    groups = [(lay.rank, _compute_dtype(params[lay.a_index], params[lay.b_index]))
+    groups = [(lay.rank, paired.compute_dtype(params[lay.a_index], params[lay.b_index]))
               for lay in layouts]
     batch_shapes = [lay.batch_shape for lay in layouts]
 
@@ -276,17 +275,6 @@ def scale_by_adaprelora(
     return jax.tree.unflatten(jax.tree.structure(updates), out), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _compute_dtype(*xs):
-  return jnp.promote_types(jnp.result_type(*[x.dtype for x in xs]), jnp.float32)
-
-
-def _flatten_like(treedef, tree, name):
-  try:
-    return treedef.flatten_up_to(pairing.unwrap(tree))
-  except (ValueError, TypeError) as e:
-    raise ValueError(f"The {name} tree does not match the structure of params: {e}") from e
 
 
 def adaprelora(

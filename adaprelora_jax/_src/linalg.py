@@ -40,21 +40,21 @@ def spd_inverse(s: jax.Array) -> jax.Array:
   pivoting is needed for SPD input (each pivot is a Schur complement, hence positive);
   pivots are floored at `TINY` so rounding on near-singular input cannot divide by 0.
   """
-  r = s.shape[-1]
-  idx = jnp.arange(r)
+  return -lax.fori_loop(0, s.shape[-1], _sweep, s, unroll=False)
 
-  def sweep(k, x):
-    row = lax.dynamic_index_in_dim(x, k, axis=x.ndim - 2, keepdims=False)  # (..., r)
-    col = lax.dynamic_index_in_dim(x, k, axis=x.ndim - 1, keepdims=False)  # (..., r)
-    pivot = lax.dynamic_index_in_dim(row, k, axis=row.ndim - 1, keepdims=True)
-    d = jnp.maximum(pivot, TINY)[..., None]  # (..., 1, 1)
-    row, col = row[..., None, :], col[..., :, None]
-    is_row, is_col = (idx == k)[:, None], (idx == k)[None, :]
-    out = jnp.where(is_row, row / d, x - col * row / d)
-    out = jnp.where(is_col, col / d, out)
-    return jnp.where(is_row & is_col, -1.0 / d, out)
 
-  return -lax.fori_loop(0, r, sweep, s, unroll=False)
+def _sweep(k, x):
+  """Sweeps pivot `k` of `x` (..., r, r). Module-level, so eager loops reuse its compilation."""
+  idx = jnp.arange(x.shape[-1])
+  row = lax.dynamic_index_in_dim(x, k, axis=x.ndim - 2, keepdims=False)  # (..., r)
+  col = lax.dynamic_index_in_dim(x, k, axis=x.ndim - 1, keepdims=False)  # (..., r)
+  pivot = lax.dynamic_index_in_dim(row, k, axis=row.ndim - 1, keepdims=True)
+  d = jnp.maximum(pivot, TINY)[..., None]  # (..., 1, 1)
+  row, col = row[..., None, :], col[..., :, None]
+  is_row, is_col = (idx == k)[:, None], (idx == k)[None, :]
+  out = jnp.where(is_row, row / d, x - col * row / d)
+  out = jnp.where(is_col, col / d, out)
+  return jnp.where(is_row & is_col, -1.0 / d, out)
 
 
 def map_stacked(fn: Callable[..., Any], batch_shapes: Sequence[tuple[int, ...]],
