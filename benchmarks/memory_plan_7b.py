@@ -134,15 +134,26 @@ def plan(config_name: str = "mistral-7b", *, optimizer: str = "adaprelora", rank
   def build():
     model = build_model(config, dtype=jnp.bfloat16, compute_dtype=compute_dtype,
                         sharding=ShardingConfig.fsdp_tp(), remat=True)
-    apply_lora(model, lora_config, rngs=nnx.Rngs(0))
-    tx = OPTIMIZERS[optimizer](lora_scale_of(model))
-    return model, nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)
+    return apply_lora(model, lora_config, rngs=nnx.Rngs(0))
 
   with jax.set_mesh(mesh):
-    model, opt = nnx.eval_shape(build)
+    model = nnx.eval_shape(build)
+    tx = OPTIMIZERS[optimizer](lora_scale_of(model))
+    # (The model is an argument, not a closure: its values are then tracers, which the
+    # optimizer's init handles on both axis types.)
+    opt_def, opt_state = nnx.split(nnx.eval_shape(
+        lambda m: nnx.Optimizer(m, tx, wrt=nnx.LoRAParam), model))
     model_def, lora, base = nnx.split(model, nnx.LoRAParam, ...)
-    opt_def, opt_state = nnx.split(opt)
-    base, lora, opt_state = (_concrete(s, mesh) for s in (base, lora, opt_state))
+    base, lora = (_concrete(s, mesh) for s in (base, lora))
+
+    # The optimizer state where a jitted init places it (on an Auto mesh, by XLA's
+    # sharding propagation from the factors).
+    def init(base, lora):
+      return nnx.state(nnx.Optimizer(nnx.merge(model_def, lora, base), tx, wrt=nnx.LoRAParam))
+
+    placed = jax.jit(init).lower(base, lora).compile().output_shardings
+    opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                             opt_state, placed)
     ids = jax.ShapeDtypeStruct((batch, seq + 1), jnp.int32,
                                sharding=NamedSharding(mesh, P(("data", "fsdp"), None)))
     step = functools.partial(train_step, (model_def, opt_def))
@@ -176,14 +187,17 @@ def table(plans: list[Plan], unit: int = GIB, unit_name: str = "GiB") -> str:
   return "\n".join(lines) + f"\n\n(per device, {unit_name})"
 
 
-# The docs/lora.md table: (optimizer, mesh, axis type, compute dtype).
+# The docs/lora.md table: (optimizer, mesh, axis type, compute dtype, batch, sequence);
+# None takes --batch / --seq.
 SCENARIOS = (
-    ("adaprelora", "2x4", "Explicit", "bfloat16"),
-    ("adamw", "2x4", "Explicit", "bfloat16"),
-    ("adaprelora", "2x4", "Auto", "bfloat16"),
-    ("adaprelora", "2x4", "Explicit", "float32"),
-    ("adaprelora", "1x1", "Explicit", "bfloat16"),
-    ("adamw", "1x1", "Explicit", "bfloat16"),
+    ("adaprelora", "2x4", "Explicit", "bfloat16", None, None),
+    ("adamw", "2x4", "Explicit", "bfloat16", None, None),
+    ("adaprelora", "2x4", "Explicit", "float32", None, None),
+    ("adaprelora", "2x4", "Auto", "bfloat16", None, None),
+    ("adaprelora", "2x4", "Explicit", "bfloat16", 32, 2048),
+    ("adaprelora", "1x1", "Explicit", "bfloat16", None, None),
+    ("adamw", "1x1", "Explicit", "bfloat16", None, None),
+    ("adaprelora", "1x1", "Explicit", "bfloat16", 1, 512),
 )
 
 
@@ -199,13 +213,13 @@ def main():
   parser.add_argument("--compute-dtype", default="bfloat16", choices=["bfloat16", "float32"])
   args = parser.parse_args()
   scenarios = SCENARIOS if args.optimizer is None else (
-      (args.optimizer, args.mesh, args.axis_type, args.compute_dtype),)
+      (args.optimizer, args.mesh, args.axis_type, args.compute_dtype, None, None),)
   plans = []
-  for optimizer, mesh, axis_type, compute_dtype in scenarios:
+  for optimizer, mesh, axis_type, compute_dtype, batch, seq in scenarios:
     fsdp, tensor = (int(n) for n in mesh.split("x"))
-    plans.append(plan(args.config, optimizer=optimizer, rank=args.rank, batch=args.batch,
-                      seq=args.seq, fsdp=fsdp, tensor=tensor, axis_type=AxisType[axis_type],
-                      compute_dtype=jnp.dtype(compute_dtype)))
+    plans.append(plan(args.config, optimizer=optimizer, rank=args.rank,
+                      batch=batch or args.batch, seq=seq or args.seq, fsdp=fsdp, tensor=tensor,
+                      axis_type=AxisType[axis_type], compute_dtype=jnp.dtype(compute_dtype)))
     print(table(plans[-1:]), flush=True)
   print(f"\n{args.config}, LoRA rank {args.rank} on {', '.join(TARGETS)}; "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}\n")

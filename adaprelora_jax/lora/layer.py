@@ -126,10 +126,11 @@ def add_adapter(module, config: LoRAConfig, *, key: jax.Array, dropout_key: jax.
   kernel = module.kernel
   *batch, n, m = kernel.shape
   bound = 1.0 / math.sqrt(n)
-  a = jax.random.uniform(key, (*batch, n, config.rank), jnp.float32, -bound, bound)
-  b = jnp.zeros((*batch, config.rank, m), param_dtype)
   spec_a, spec_b = _factor_specs(kernel)
+  # Values made inside the mesh are laid out on it, as NNX's eager sharding expects.
   with _mesh_context(kernel):
+    a = jax.random.uniform(key, (*batch, n, config.rank), jnp.float32, -bound, bound)
+    b = jnp.zeros((*batch, config.rank, m), param_dtype)
     module.lora_a = _lora_param(a.astype(param_dtype), spec_a)
     module.lora_b = _lora_param(b, spec_b)
     module.lora_dropout = _dropout(config.dropout, tuple(batch), dropout_key)

@@ -250,25 +250,25 @@ def load_peft_adapter(model: nnx.Module, path: str | Path, *, rngs: nnx.Rngs | N
   # modules the model already adapts (or the config selects).
   if existing:
     wanted = {tuple(p): m for p, m in existing}
-    source = "the model's adapters"
+    source = "the model's LoRA layers"
   else:
     try:
       wanted = {t.path: t.module for t in _targets(model, config)}
     except ValueError as e:
       raise ValueError(f"{folder / ADAPTER_CONFIG}: {e}") from e
-    source = f"target_modules {config.target_modules!r}"
+    source = f"the layers target_modules {config.target_modules!r} selects"
   for module_path, module in wanted.items():
     for layer, name in _per_layer(model, module_path, module):
       for factor in "AB":
         if factor not in found.get(module_path, {}).get(layer, {}):
           raise ValueError(f"{file}: tensor '{PREFIX}{name}.lora_{factor}.weight' is missing "
-                           f"({name} is adapted by {source})")
+                           f"({name} is among {source})")
   for module_path in found:
     if module_path not in wanted:
       layer, factors = next(iter(found[module_path].items()))
       name = dict(_per_layer(model, module_path, found_modules[module_path]))[layer]
       raise ValueError(f"{file}: tensor '{PREFIX}{name}.lora_{sorted(factors)[0]}.weight' "
-                       f"adapts {name}, which {source} does not include")
+                       f"adapts {name}, which is not among {source}")
   for module_path, module in existing:
     if module.lora_config.rank != config.rank or module.lora_scale != config.scale:
       raise ValueError(
