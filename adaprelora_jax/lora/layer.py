@@ -57,7 +57,7 @@ class LoRALinear(nnx.Linear):
 
   def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
     y = super().__call__(inputs, out_sharding)
-    delta = lora_delta(self, inputs, y.dtype, out_sharding)
+    delta = lora_delta(self, inputs, y.dtype, getattr(out_sharding, "spec", out_sharding))
     return y if delta is None else y + delta
 
 
@@ -76,13 +76,28 @@ def stack_shape(module) -> tuple[int, ...]:
   return tuple(module.kernel.shape[:-2])
 
 
-def _factor_specs(kernel: nnx.Variable):
-  """Specs of `lora_a` and `lora_b` from the kernel's `out_sharding`: `lora_a` shares the
-  kernel's `in` axis (and leading axes), `lora_b` its `out` axis; the rank is replicated."""
+def _kernel_spec(kernel: nnx.Variable) -> tuple | None:
+  """The kernel's partition spec, one entry per axis: its `out_sharding` metadata (a
+  per-layer spec under stacking axes gets None for them), else the spec of its value's
+  `NamedSharding`; None for an unsharded kernel."""
+  ndim = len(kernel.shape)
   spec = kernel.get_metadata().get("out_sharding")
+  if spec is not None:
+    spec = tuple(spec)
+    return (None,) * (ndim - len(spec)) + spec
+  value_sharding = getattr(kernel.get_value(), "sharding", None)
+  if isinstance(value_sharding, jax.sharding.NamedSharding):
+    spec = tuple(value_sharding.spec)
+    return spec + (None,) * (ndim - len(spec))
+  return None
+
+
+def _factor_specs(kernel: nnx.Variable):
+  """Specs of `lora_a` and `lora_b`: `lora_a` shares the kernel's `in` axis (and leading
+  axes), `lora_b` its `out` axis; the rank is replicated."""
+  spec = _kernel_spec(kernel)
   if spec is None:
     return None, None
-  spec = tuple(spec) + (None,) * (len(kernel.shape) - len(spec))
   return spec[:-1] + (None,), spec[:-2] + (None, spec[-1])
 
 

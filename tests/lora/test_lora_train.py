@@ -149,3 +149,32 @@ def test_bf16_base_weights_train_f32_factors():
   assert np.isfinite(losses).all() and losses[-1] < losses[0]
   assert model.transformer.h.attn.c_attn.lora_a.dtype == jnp.float32
   _check_only_factors_moved(before, model)
+
+
+def test_plain_nnx_model_factors_on_the_mesh():
+  """`nnx.Linear` kernels sharded by metadata or only by their value's sharding."""
+  mesh = make_mesh(8, fsdp=2, tensor=4)
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.tagged = nnx.Linear(16, 32, kernel_metadata={"out_sharding": ("fsdp", "tensor")},
+                               rngs=rngs)
+      self.placed = nnx.Linear(32, 16, rngs=rngs)
+
+    def __call__(self, x):
+      # Both contracting axes split over "tensor": an Explicit mesh needs the output spec.
+      return self.placed(self.tagged(x), out_sharding=P(None, "fsdp"))
+
+  with jax.set_mesh(mesh):
+    net = Net(nnx.Rngs(0))
+  placed = net.placed.kernel
+  placed.set_value(jax.device_put(placed.get_value(),
+                                  jax.NamedSharding(mesh, P("tensor", "fsdp"))))
+  apply_lora(net, LoRAConfig(2, 2, ["tagged", "placed"]), rngs=nnx.Rngs(1))
+  assert net.tagged.lora_a[...].sharding.spec == P("fsdp", None)
+  assert net.tagged.lora_b[...].sharding.spec == P(None, "tensor")
+  assert net.placed.lora_a[...].sharding.spec == P("tensor", None)
+  assert net.placed.lora_b[...].sharding.spec == P(None, "fsdp")
+  with jax.set_mesh(mesh):
+    y = net(jnp.ones((4, 16)))
+  assert y.shape == (4, 16) and y.sharding.spec == P(None, "fsdp")
