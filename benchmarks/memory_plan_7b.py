@@ -181,8 +181,8 @@ def table(plans: list[Plan], unit: int = GIB, unit_name: str = "GiB") -> str:
   for p in plans:
     b = lambda x: f"{x / unit:.3f}"  # noqa: E731
     lines.append("| " + " | ".join([
-        p.optimizer, p.mesh, p.compute_dtype, f"{p.batch} x {p.seq}", b(p.base), b(p.lora), b(p.opt_state),
-        b(p.arguments), b(p.outputs), b(p.temporaries), b(p.generated_code), b(p.aliased),
+        p.optimizer, p.mesh, p.compute_dtype, f"{p.batch} x {p.seq}", b(p.base), b(p.lora),
+        b(p.opt_state), b(p.arguments), b(p.outputs), b(p.temporaries), b(p.generated_code), b(p.aliased),
         b(p.peak), f"{p.compile_s:.0f} s"]) + " |")
   return "\n".join(lines) + f"\n\n(per device, {unit_name})"
 

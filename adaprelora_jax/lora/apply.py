@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adaprelora_jax.lora.config import LoRAConfig
-from adaprelora_jax.lora.layer import LoRALinear, add_adapter, has_lora, is_linear, stack_shape
+from adaprelora_jax.lora.layer import LoRALinear, add_adapter, has_lora, is_linear
 from adaprelora_jax.models import naming
 from adaprelora_jax.models.base import CausalLM
 
@@ -63,7 +63,7 @@ class _Target:
   names: tuple[str, ...]
 
 
-def _targets(model, config: LoRAConfig) -> list[_Target]:
+def select_targets(model, config: LoRAConfig) -> list[_Target]:
   """The linear modules `config` selects, in tree order; errors for a matched module
   that is not linear, a stack matched on some layers only, or no match at all."""
   targets, linear_names = [], []
@@ -165,7 +165,7 @@ def apply_lora(model: nnx.Module, config: LoRAConfig, *, rngs: nnx.Rngs,
   >>> optimizer = nnx.Optimizer(model, apl.adaprelora(1e-3, lora_scale=lora_scale_of(model)),
   ...                           wrt=nnx.LoRAParam)
   """
-  attach(model, [(t.path, t.module) for t in _targets(model, config)], config, rngs=rngs,
+  attach(model, [(t.path, t.module) for t in select_targets(model, config)], config, rngs=rngs,
          param_dtype=param_dtype)
   return model
 

@@ -26,7 +26,7 @@ import safetensors.numpy
 from flax import nnx
 
 from adaprelora_jax.lora.apply import attach, lora_modules, module_names, path_keys
-from adaprelora_jax.lora.apply import _targets
+from adaprelora_jax.lora.apply import select_targets
 from adaprelora_jax.lora.config import LoRAConfig
 from adaprelora_jax.lora.layer import is_linear, stack_shape
 from adaprelora_jax.models.base import CausalLM
@@ -171,6 +171,67 @@ def _read_tensors(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     raise ValueError(f"{file}: not a readable safetensors file ({e})") from e
 
 
+# Tensors of an adapter file by module: {module path: (module, {layer: {"A"/"B": array}})}.
+Found = dict[tuple, tuple[object, dict[int | None, dict[str, np.ndarray]]]]
+
+
+def _collect(model, config: LoRAConfig, tensors: dict[str, np.ndarray], file: Path) -> Found:
+  """The adapter's tensors by module and layer; errors for keys that are not LoRA factors
+  of a linear module of `model`, and for shapes that do not fit it."""
+  index = {}  # Hugging Face name -> (module path, layer, module)
+  for module_path, module in nnx.iter_modules(model):
+    if module_path and is_linear(module) and not any(str(k).startswith("lora_")
+                                                     for k in module_path):
+      for layer, name in _per_layer(model, module_path, module):
+        index[name] = (tuple(module_path), layer, module)
+  found: Found = {}
+  for key in sorted(tensors):
+    match = _KEY.fullmatch(key)
+    if match is None:
+      raise ValueError(
+          f"{file}: tensor {key!r} is not a LoRA factor of a module (expected "
+          f"'{PREFIX}<module>.lora_A.weight' / '.lora_B.weight'; DoRA magnitudes, embedding "
+          "adapters and modules_to_save are not supported)")
+    name, factor = match["module"], match["factor"]
+    if name not in index:
+      raise ValueError(
+          f"{file}: tensor {key!r} adapts {name!r}, which is not a linear module of this "
+          f"{type(model).__name__} ({model.config.model_type}; e.g. "
+          f"{next(iter(index), 'none')!r}): the adapter was made for another base "
+          "architecture")
+    module_path, layer, module = index[name]
+    n, m = module.kernel.shape[-2:]
+    expected = (config.rank, n) if factor == "A" else (m, config.rank)
+    shape = tuple(tensors[key].shape)
+    if shape != expected:
+      rank_axis = 0 if factor == "A" else 1
+      why = (f"adapter_config.json has r={config.rank}"
+             if len(shape) == 2 and shape[rank_axis] != config.rank else
+             f"the base module is {n} -> {m}: another base model size")
+      raise ValueError(f"{file}: tensor {key!r} has shape {shape}, expected {expected} "
+                       f"(lora_{factor}.weight of {name}: {why})")
+    layers = found.setdefault(module_path, (module, {}))[1]
+    layers.setdefault(layer, {})[factor] = tensors[key]
+  return found
+
+
+def _check_coverage(model, found: Found, wanted: dict, source: str, file: Path) -> None:
+  """Both factors of every layer of every `wanted` module, and nothing else."""
+  for module_path, module in wanted.items():
+    layers = found.get(module_path, (module, {}))[1]
+    for layer, name in _per_layer(model, module_path, module):
+      for factor in "AB":
+        if factor not in layers.get(layer, {}):
+          raise ValueError(f"{file}: tensor '{PREFIX}{name}.lora_{factor}.weight' is missing "
+                           f"({name} is among {source})")
+  for module_path, (module, layers) in found.items():
+    if module_path not in wanted:
+      layer, factors = next(iter(layers.items()))
+      name = dict(_per_layer(model, module_path, module))[layer]
+      raise ValueError(f"{file}: tensor '{PREFIX}{name}.lora_{sorted(factors)[0]}.weight' "
+                       f"adapts {name}, which is not among {source}")
+
+
 def load_peft_adapter(model: nnx.Module, path: str | Path, *, rngs: nnx.Rngs | None = None,
                       param_dtype=jnp.float32, is_trainable: bool = False) -> nnx.Module:
   """Loads a PEFT LoRA adapter folder into `model`, in place (ours or PyTorch's).
@@ -209,66 +270,17 @@ def load_peft_adapter(model: nnx.Module, path: str | Path, *, rngs: nnx.Rngs | N
     raise ValueError(f"{type(model).__name__} has merged adapters ({merged[0]}, ...): "
                      "unmerge_lora first")
 
-  # Every linear module, by Hugging Face name.
-  index: dict[str, tuple[tuple, int | None, object]] = {}
-  for module_path, module in nnx.iter_modules(model):
-    if module_path and is_linear(module) and not any(str(k).startswith("lora_")
-                                                     for k in module_path):
-      for layer, name in _per_layer(model, module_path, module):
-        index[name] = (tuple(module_path), layer, module)
-
-  found: dict[tuple, dict[int | None, dict[str, np.ndarray]]] = {}
-  found_modules = {}
-  for key in sorted(tensors):
-    match = _KEY.fullmatch(key)
-    if match is None:
-      raise ValueError(
-          f"{file}: tensor {key!r} is not a LoRA factor of a module (expected "
-          f"'{PREFIX}<module>.lora_A.weight' / '.lora_B.weight'; DoRA magnitudes, embedding "
-          "adapters and modules_to_save are not supported)")
-    name, factor = match["module"], match["factor"]
-    if name not in index:
-      example = next(iter(index), "none")
-      raise ValueError(
-          f"{file}: tensor {key!r} adapts {name!r}, which is not a linear module of this "
-          f"{type(model).__name__} ({ours}; e.g. {example!r}): the adapter was made for "
-          "another base architecture")
-    module_path, layer, module = index[name]
-    n, m = module.kernel.shape[-2:]
-    expected = (config.rank, n) if factor == "A" else (m, config.rank)
-    shape = tuple(tensors[key].shape)
-    if shape != expected:
-      why = (f"adapter_config.json has r={config.rank}" if len(shape) == 2 and (
-          shape[0 if factor == "A" else 1] != config.rank) else
-             f"the base module is {n} -> {m}: another base model size")
-      raise ValueError(f"{file}: tensor {key!r} has shape {shape}, expected {expected} "
-                       f"(lora_{factor}.weight of {name}: {why})")
-    found.setdefault(module_path, {}).setdefault(layer, {})[factor] = tensors[key]
-    found_modules[module_path] = module
-
-  # The adapter must cover whole modules (every layer of a stack, both factors), and the
-  # modules the model already adapts (or the config selects).
+  found = _collect(model, config, tensors, file)
   if existing:
     wanted = {tuple(p): m for p, m in existing}
     source = "the model's LoRA layers"
   else:
     try:
-      wanted = {t.path: t.module for t in _targets(model, config)}
+      wanted = {t.path: t.module for t in select_targets(model, config)}
     except ValueError as e:
       raise ValueError(f"{folder / ADAPTER_CONFIG}: {e}") from e
     source = f"the layers target_modules {config.target_modules!r} selects"
-  for module_path, module in wanted.items():
-    for layer, name in _per_layer(model, module_path, module):
-      for factor in "AB":
-        if factor not in found.get(module_path, {}).get(layer, {}):
-          raise ValueError(f"{file}: tensor '{PREFIX}{name}.lora_{factor}.weight' is missing "
-                           f"({name} is among {source})")
-  for module_path in found:
-    if module_path not in wanted:
-      layer, factors = next(iter(found[module_path].items()))
-      name = dict(_per_layer(model, module_path, found_modules[module_path]))[layer]
-      raise ValueError(f"{file}: tensor '{PREFIX}{name}.lora_{sorted(factors)[0]}.weight' "
-                       f"adapts {name}, which is not among {source}")
+  _check_coverage(model, found, wanted, source, file)
   for module_path, module in existing:
     if module.lora_config.rank != config.rank or module.lora_scale != config.scale:
       raise ValueError(
@@ -281,7 +293,7 @@ def load_peft_adapter(model: nnx.Module, path: str | Path, *, rngs: nnx.Rngs | N
     attach(model, list(wanted.items()), config, rngs=nnx.Rngs(0) if rngs is None else rngs,
            param_dtype=param_dtype)
   for module_path, module in lora_modules(model):
-    layers = found[tuple(module_path)]
+    layers = found[tuple(module_path)][1]
     for factor, variable in (("A", module.lora_a), ("B", module.lora_b)):
       if None in layers:
         value = layers[None][factor].T
