@@ -6,6 +6,10 @@ Hugging Face stores `nn.Linear` weights as `(out, in)` and GPT-2's `Conv1D` weig
 `(in, out)`; `Linear.hf_transposed` records which, and loading transposes accordingly.
 Parameter leaves map to Hugging Face names as `kernel`/`embedding`/`scale` -> `weight`,
 `bias` -> `bias`.
+
+`Linear` carries an optional LoRA adapter (`adaprelora_jax.lora.apply_lora` sets it):
+factors `lora_a` `(in, r)` and `lora_b` `(r, out)` beside `kernel`, so that
+`y = x @ kernel + bias + s * dropout(x) @ lora_a @ lora_b`.
 """
 
 from __future__ import annotations
@@ -66,13 +70,39 @@ class Linear(nnx.Module):
     bias_spec = None if out_spec is None else P(*tuple(out_spec)[-1:])
     self.bias = (param(jnp.zeros((out_features,), param_dtype), bias_spec)
                  if use_bias else None)
+    # LoRA adapter, None until `adaprelora_jax.lora.apply_lora` sets it: the factors
+    # (`nnx.LoRAParam`), an `nnx.Dropout` on the adapter's input (None for rate 0), the
+    # scale s, the `LoRAConfig` it came from, and whether it is folded into `kernel`.
+    self.lora_a = nnx.data(None)
+    self.lora_b = nnx.data(None)
+    self.lora_dropout = nnx.data(None)
+    self.lora_scale = None
+    self.lora_config = None
+    self.lora_merged = False
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = sharding.matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
                         self.out_spec)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
-    return y
+    delta = lora_delta(self, x, self.dtype, self.out_spec)
+    return y if delta is None else y + delta
+
+
+def lora_delta(module: nnx.Module, x: jax.Array, dtype, out_spec: Spec = None):
+  """`s * dropout(x) @ lora_a @ lora_b` of `module`'s LoRA adapter, in `dtype`; None
+  when the module has none or it is merged into the kernel.
+
+  The rank-r intermediate keeps the batch axes' spec of `out_spec` and is replicated
+  along r; the result has the spec `out_spec`.
+  """
+  if module.lora_a is None or module.lora_merged:
+    return None
+  if module.lora_dropout is not None:
+    x = module.lora_dropout(x)
+  low_spec = None if out_spec is None else P(*tuple(out_spec)[:-1], None)
+  h = sharding.matmul(x.astype(dtype), module.lora_a[...].astype(dtype), low_spec)
+  return module.lora_scale * sharding.matmul(h, module.lora_b[...].astype(dtype), out_spec)
 
 
 class Embed(nnx.Module):
