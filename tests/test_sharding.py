@@ -253,3 +253,29 @@ def test_family_state_follows_indexed_axes_and_sharded_steps_match(name):
           np.asarray(x), np.asarray(y), rtol=2e-4, atol=2e-5), updates, expected)
       for key, x, spec in _family_state_specs(name, state):
         assert _spec_of(x) == tuple(spec), (key, x.sharding, spec)
+
+
+@pytest.mark.parametrize("kind", sorted(AXIS_TYPES))
+@pytest.mark.parametrize("opt", ["adaprelora", "scaled_adamw", "lora_rite"])
+def test_jitted_init_shards_state_from_variable_metadata(kind, opt):
+  """Under `jit` a tracer on Auto axes carries no sharding: the Variables' metadata does."""
+  mesh = _mesh(kind)
+  tx = apl.optimizers[opt](1e-3)
+  with jax.set_mesh(mesh):
+    model = nnx.LoRALinear(16, 32, lora_rank=4, rngs=nnx.Rngs(0),
+                           a_metadata={"out_sharding": P("fsdp", None)},
+                           b_metadata={"out_sharding": P(None, "tensor")})
+    variables = nnx.state(model, nnx.LoRAParam)
+    state = jax.jit(tx.init)(variables)
+    # ShapeDtypeStructs inside a trace (nnx.eval_shape-style abstract init) work too.
+    abstract = jax.eval_shape(tx.init, jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        nnx.as_pure(variables)))
+  inner = state[0]  # The chain's first transform holds the moments.
+  mu = inner.mu["lora"]
+  assert _spec_of(mu["lora_a"]) == ("fsdp", None)
+  assert _spec_of(mu["lora_b"]) == (None, "tensor")
+  if opt == "adaprelora":
+    assert _spec_of(inner.nu["lora"]["lora_b"]) == ("tensor",)
+    assert _spec_of(inner.nu["lora"]["lora_a"]) == ("fsdp",)
+  assert jax.tree.structure(abstract) == jax.tree.structure(state)

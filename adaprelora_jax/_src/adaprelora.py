@@ -182,15 +182,17 @@ def scale_by_adaprelora(
   def init_fn(params):
     layouts, treedef = pairing.pair_layouts(params, dimension_numbers)
     leaves = treedef.flatten_up_to(pairing.unwrap(params))
+    specs = pairing.declared_specs(params)
     nu = [None] * len(leaves)
     for lay in layouts:
-      a, b = leaves[lay.a_index], leaves[lay.b_index]
-      nu[lay.a_index] = state_utils.zeros_without_axis(a, a.ndim - 1, paired.compute_dtype(a))
-      nu[lay.b_index] = state_utils.zeros_without_axis(b, lay.nb, paired.compute_dtype(b))
+      for idx, axis in ((lay.a_index, -1), (lay.b_index, lay.nb)):  # drop the rank axis
+        x = leaves[idx]
+        nu[idx] = state_utils.zeros_without_axis(
+            x, axis % x.ndim, paired.compute_dtype(x), specs[idx])
     mu = None
     if b1 is not None:
-      mu = treedef.unflatten(
-          [state_utils.zeros_without_axis(x, None, mu_dtype or x.dtype) for x in leaves])
+      mu = treedef.unflatten([state_utils.zeros_without_axis(x, None, mu_dtype or x.dtype, d)
+                              for x, d in zip(leaves, specs)])
     return AdaPreLoRAState(count=jnp.zeros([], jnp.int32), mu=mu,
                            nu=treedef.unflatten(nu))
 

@@ -176,16 +176,20 @@ def scale_by_lora_pro(
   def init_fn(params):
     layouts, treedef = pairing.pair_layouts(params, dimension_numbers, who=who)
     leaves = treedef.flatten_up_to(pairing.unwrap(params))
+    specs = pairing.declared_specs(params)
     if not full:
-      mu = [state_utils.zeros_without_axis(x, None, mu_dtype or x.dtype) for x in leaves]
-      nu = [state_utils.zeros_without_axis(x, None, x.dtype) for x in leaves]
+      mu = [state_utils.zeros_without_axis(x, None, mu_dtype or x.dtype, d)
+          for x, d in zip(leaves, specs)]
+      nu = [state_utils.zeros_without_axis(x, None, x.dtype, d) for x, d in zip(leaves, specs)]
     else:
       mu, nu = [None] * len(leaves), [None] * len(leaves)
       for lay in layouts:
         a, b = leaves[lay.a_index], leaves[lay.b_index]
         dt = jnp.result_type(a.dtype, b.dtype)
-        mu[lay.a_index] = state_utils.zeros_outer(a, b, lay.nb, mu_dtype or dt)
-        nu[lay.a_index] = state_utils.zeros_outer(a, b, lay.nb, dt)
+        mu[lay.a_index] = state_utils.zeros_outer(a, b, lay.nb, mu_dtype or dt,
+                                                   specs[lay.a_index], specs[lay.b_index])
+        nu[lay.a_index] = state_utils.zeros_outer(a, b, lay.nb, dt, specs[lay.a_index],
+                                                   specs[lay.b_index])
     return LoRAProState(count=jnp.zeros([], jnp.int32), mu=treedef.unflatten(mu),
                         nu=treedef.unflatten(nu))
 

@@ -205,16 +205,18 @@ def scale_by_lora_rite(
   def init_fn(params):
     layouts, treedef = pairing.pair_layouts(params, dimension_numbers, who=who)
     leaves = treedef.flatten_up_to(pairing.unwrap(params))
+    specs = pairing.declared_specs(params)
     nu, escape, prev_inv = ([None] * len(leaves) for _ in range(3))
     for lay in layouts:
       dt = paired.compute_dtype(leaves[lay.a_index], leaves[lay.b_index])
       for idx in (lay.a_index, lay.b_index):
         x = leaves[idx]
-        nu[idx] = state_utils.zeros_small(x, lay.nb, (lay.rank, lay.rank), dt)
-        prev_inv[idx] = state_utils.zeros_small(x, lay.nb, (lay.rank, lay.rank), dt)
-        escape[idx] = state_utils.zeros_small(x, lay.nb, (), dt)
-    mu = [state_utils.zeros_without_axis(x, None, mu_dtype or x.dtype) for x in leaves]
-    prev = [state_utils.zeros_without_axis(x, None, x.dtype) for x in leaves]
+        nu[idx] = state_utils.zeros_small(x, lay.nb, (lay.rank, lay.rank), dt, specs[idx])
+        prev_inv[idx] = state_utils.zeros_small(x, lay.nb, (lay.rank, lay.rank), dt, specs[idx])
+        escape[idx] = state_utils.zeros_small(x, lay.nb, (), dt, specs[idx])
+    mu = [state_utils.zeros_without_axis(x, None, mu_dtype or x.dtype, d)
+          for x, d in zip(leaves, specs)]
+    prev = [state_utils.zeros_without_axis(x, None, x.dtype, d) for x, d in zip(leaves, specs)]
     tree = treedef.unflatten
     return LoRARITEState(count=jnp.zeros([], jnp.int32), mu=tree(mu), nu=tree(nu),
                          escape=tree(escape), prev=tree(prev), prev_inv=tree(prev_inv))

@@ -71,6 +71,20 @@ def unwrap(tree: Any) -> Any:
       lambda x: x.get_value() if is_variable(x) else x, tree, is_leaf=is_variable)
 
 
+def declared_specs(tree: Any) -> list[tuple | None]:
+  """Per leaf of `unwrap(tree)`: the partition spec its NNX Variable declares, or None.
+
+  `nnx.Optimizer` hands `init` Variables whose `out_sharding` metadata is the only
+  sharding information a tracer on Auto mesh axes carries (e.g. under a jitted init).
+  """
+  leaves = jax.tree.leaves(tree, is_leaf=is_variable)
+  if not any(is_variable(v) for v in leaves):
+    return [None] * len(leaves)
+  specs = jax.tree.leaves(nnx.get_partition_spec(tree), is_leaf=is_variable)
+  return [tuple(spec.get_value()) if is_variable(v) and v.get_metadata().get("out_sharding")
+          is not None else None for v, spec in zip(leaves, specs)]
+
+
 def _strip_value(path: KeyPath) -> KeyPath:
   if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
     return path[:-1]

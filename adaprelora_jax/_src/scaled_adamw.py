@@ -97,8 +97,10 @@ def scale_by_scaled_adamw(
   def init_fn(params):
     _, treedef = pairing.pair_layouts(params, dimension_numbers, who="scaled_adamw")
     leaves = treedef.flatten_up_to(pairing.unwrap(params))
-    mu = [state_utils.zeros_without_axis(x, None, mu_dtype or x.dtype) for x in leaves]
-    nu = [state_utils.zeros_without_axis(x, None, x.dtype) for x in leaves]
+    specs = pairing.declared_specs(params)
+    mu = [state_utils.zeros_without_axis(x, None, mu_dtype or x.dtype, d)
+          for x, d in zip(leaves, specs)]
+    nu = [state_utils.zeros_without_axis(x, None, x.dtype, d) for x, d in zip(leaves, specs)]
     return ScaledAdamWState(count=jnp.zeros([], jnp.int32), mu=treedef.unflatten(mu),
                             nu=treedef.unflatten(nu))
 
