@@ -16,9 +16,6 @@ from adaprelora_jax._src import pairing
 from adaprelora_jax._src import sharding
 from adaprelora_jax._src import state_utils
 
-HIGHEST = jax.lax.Precision.HIGHEST
-
-
 class AdaPreLoRAState(NamedTuple):
   """State of `scale_by_adaprelora`.
 
@@ -34,17 +31,6 @@ class AdaPreLoRAState(NamedTuple):
   count: chex.Array
   mu: Any
   nu: Any
-
-
-def _mT(x):
-  return jnp.swapaxes(x, -1, -2)
-
-
-def _mm(*xs):
-  out = xs[0]
-  for x in xs[1:]:
-    out = jnp.matmul(out, x, precision=HIGHEST)
-  return out
 
 
 def _tangent_forms(gr, gc, damping):
@@ -64,10 +50,10 @@ def _tangent_forms(gr, gc, damping):
   eye = jnp.broadcast_to(jnp.eye(r, dtype=gr.dtype), sbi.shape)
   zero = jnp.zeros_like(sbi)
   tc = jnp.block([[zero, sbi], [eye, zero]])
-  tr = jnp.block([[eye, -_mm(sbi, gr[..., :r, r:], sai)], [zero, sai]])
+  tr = jnp.block([[eye, -linalg.mm(sbi, gr[..., :r, r:], sai)], [zero, sai]])
   # Association order matters at B = 0 (Sb^-1 ~ 1/TINY against exact zeros).
-  kr = _mm(tr, _mm(_mm(tc, gc), _mT(tc)), _mT(tr))
-  kc = _mm(_mT(tc), _mm(_mm(_mT(tr), gr), tr), tc)
+  kr = linalg.mm(tr, linalg.mm(linalg.mm(tc, gc), linalg.mT(tc)), linalg.mT(tr))
+  kc = linalg.mm(linalg.mT(tc), linalg.mm(linalg.mm(linalg.mT(tr), gr), tr), tc)
   return kr, kc
 
 
@@ -88,18 +74,18 @@ def _factor_solve(bpb, aqa, btb, b_gp, gp_gp, aat, a_gq, gq_gq, m, damping, clip
   inv = linalg.spd_inverse(jnp.stack(
       [linalg.ridge(bpb, damping), linalg.ridge(aqa, damping)]))
   sbi, sai = inv[0], inv[1]
-  c2 = -0.5 * _mm(_mm(sbi, m), sai)
+  c2 = -0.5 * linalg.mm(linalg.mm(sbi, m), sai)
   fc = jnp.concatenate([c2, sbi], axis=-1)
   fr = jnp.concatenate([c2, sai], axis=-2)
   if not clip:
     return fc, fr, jnp.ones(bpb.shape[:-2], bpb.dtype)
-  gr2 = jnp.block([[btb, b_gp], [_mT(b_gp), gp_gp]])
-  gc2 = jnp.block([[aat, a_gq], [_mT(a_gq), gq_gq]])
-  da_da = _mm(_mm(fc, gc2), _mT(fc))
-  a_da = _mm(gc2[..., :r, :], _mT(fc))
-  db_db = _mm(_mm(_mT(fr), gr2), fr)
-  b_db = _mm(gr2[..., :r, :], fr)
-  trace = lambda x, y: jnp.sum(x * _mT(y), axis=(-2, -1))  # tr(x y)
+  gr2 = jnp.block([[btb, b_gp], [linalg.mT(b_gp), gp_gp]])
+  gc2 = jnp.block([[aat, a_gq], [linalg.mT(a_gq), gq_gq]])
+  da_da = linalg.mm(linalg.mm(fc, gc2), linalg.mT(fc))
+  a_da = linalg.mm(gc2[..., :r, :], linalg.mT(fc))
+  db_db = linalg.mm(linalg.mm(linalg.mT(fr), gr2), fr)
+  b_db = linalg.mm(gr2[..., :r, :], fr)
+  trace = lambda x, y: jnp.sum(x * linalg.mT(y), axis=(-2, -1))  # tr(x y)
   sq = trace(btb, da_da) + 2.0 * trace(b_db, a_da) + trace(db_db, aat)
   return fc, fr, sq
 
@@ -191,8 +177,7 @@ def scale_by_adaprelora(
             x, axis % x.ndim, paired.compute_dtype(x), specs[idx])
     mu = None
     if b1 is not None:
-      mu = treedef.unflatten([state_utils.zeros_without_axis(x, None, mu_dtype or x.dtype, d)
-                              for x, d in zip(leaves, specs)])
+      mu = treedef.unflatten(state_utils.zeros_like_each(leaves, specs, mu_dtype))
     return AdaPreLoRAState(count=jnp.zeros([], jnp.int32), mu=mu,
                            nu=treedef.unflatten(nu))
 

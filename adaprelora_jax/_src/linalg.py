@@ -23,6 +23,20 @@ from adaprelora_jax._src import sharding
 TINY = 1e-30
 
 
+def mT(x: jax.Array) -> jax.Array:
+  """The transpose of the last two axes."""
+  return jnp.swapaxes(x, -1, -2)
+
+
+def mm(*xs: jax.Array) -> jax.Array:
+  """`xs[0] @ xs[1] @ ...` left to right (the order matters where entries ~ 1/TINY meet
+  exact zeros), at full float32 precision on every backend."""
+  out = xs[0]
+  for x in xs[1:]:
+    out = jnp.matmul(out, x, precision=lax.Precision.HIGHEST)
+  return out
+
+
 def ridge(s: jax.Array, damping) -> jax.Array:
   """`S + (damping * mean(diag(S)) + TINY) I` over the last two axes (`damping`: scalar or batch)."""
   r = s.shape[-1]

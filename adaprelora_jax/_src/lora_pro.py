@@ -35,17 +35,6 @@ class LoRAProState(NamedTuple):
   nu: Any
 
 
-def _mT(x):
-  return jnp.swapaxes(x, -1, -2)
-
-
-def _mm(*xs):
-  out = xs[0]
-  for x in xs[1:]:
-    out = jnp.matmul(out, x, precision=jax.lax.Precision.HIGHEST)
-  return out
-
-
 def _eig_grams(bb, aa, damping):
   """Damped eigendecompositions of `B^T B` and `A A^T`: one `eigh` for both stacks.
 
@@ -63,12 +52,13 @@ def _eig_grams(bb, aa, damping):
 
 
 def _inverse(u, lam):
-  return _mm(u * (1.0 / lam)[..., None, :], _mT(u))
+  return linalg.mm(u * (1.0 / lam)[..., None, :], linalg.mT(u))
 
 
 def _sylvester(u, lam, v, sig, c):
   """`X` with `U diag(lam) U^T X + X V diag(sig) V^T = C`, through the eigenbases."""
-  return _mm(u, _mm(_mT(u), c, v) / (lam[..., :, None] + sig[..., None, :]), _mT(v))
+  rotated = linalg.mm(linalg.mT(u), c, v) / (lam[..., :, None] + sig[..., None, :])
+  return linalg.mm(u, rotated, linalg.mT(v))
 
 
 def _coefficients(u, lam, v, sig, bt_gb, m, s):
@@ -81,9 +71,9 @@ def _coefficients(u, lam, v, sig, bt_gb, m, s):
   """
   s2 = (s * s)[..., None, None]
   sb_inv, sa_inv = _inverse(u, lam), _inverse(v, sig)
-  x = _sylvester(u, lam, v, sig, -_mm(sb_inv, m) / s2)
+  x = _sylvester(u, lam, v, sig, -linalg.mm(sb_inv, m) / s2)
   fc = jnp.concatenate([x, sb_inv / s2], axis=-1)
-  fr = jnp.concatenate([-(_mm(sb_inv, bt_gb, sa_inv) / s2 + x), sa_inv / s2], axis=-2)
+  fr = jnp.concatenate([-(linalg.mm(sb_inv, bt_gb, sa_inv) / s2 + x), sa_inv / s2], axis=-2)
   return fc, fr
 
 
@@ -93,7 +83,7 @@ def _projection(u, lam, v, sig, bt_gb, s):
   sb_inv, sa_inv = _inverse(u, lam), _inverse(v, sig)
   zero = jnp.zeros_like(sb_inv)
   fc = jnp.concatenate([zero, sb_inv / s2], axis=-1)
-  fr = jnp.concatenate([-_mm(sb_inv, bt_gb, sa_inv) / s2, sa_inv / s2], axis=-2)
+  fr = jnp.concatenate([-linalg.mm(sb_inv, bt_gb, sa_inv) / s2, sa_inv / s2], axis=-2)
   return fc, fr
 
 
@@ -178,9 +168,8 @@ def scale_by_lora_pro(
     leaves = treedef.flatten_up_to(pairing.unwrap(params))
     specs = pairing.declared_specs(params)
     if not full:
-      mu = [state_utils.zeros_without_axis(x, None, mu_dtype or x.dtype, d)
-          for x, d in zip(leaves, specs)]
-      nu = [state_utils.zeros_without_axis(x, None, x.dtype, d) for x, d in zip(leaves, specs)]
+      mu = state_utils.zeros_like_each(leaves, specs, mu_dtype)
+      nu = state_utils.zeros_like_each(leaves, specs)
     else:
       mu, nu = [None] * len(leaves), [None] * len(leaves)
       for lay in layouts:
@@ -230,8 +219,8 @@ def scale_by_lora_pro(
         adjusted = {lay.a_index: ops.combine_col(lay, a, ga, fc),
                     lay.b_index: ops.combine_row(lay, b, gb, fr)}
         for idx, g in adjusted.items():
-          d, m, v = paired.adam_moments(g, mu[idx], nu[idx], count, b1, b2, eps)
-          new_mu[idx], new_nu[idx] = m.astype(mu[idx].dtype), v.astype(nu[idx].dtype)
+          d, new_mu[idx], new_nu[idx] = paired.adam_moments(
+              g, mu[idx], nu[idx], count, b1, b2, eps)
           out[idx] = d.astype(params[idx].dtype)
     else:
       # 2. Adam on the m x n equivalent gradient, mapped back through the factors.
@@ -242,8 +231,7 @@ def scale_by_lora_pro(
         s = jnp.asarray(s, a.dtype)
         w_grad = s * (ops.outer(lay, g_a, b) + ops.outer(lay, a, g_b))
         i = lay.a_index
-        d, m, v = paired.adam_moments(w_grad, mu[i], nu[i], count, b1, b2, eps)
-        new_mu[i], new_nu[i] = m.astype(mu[i].dtype), v.astype(nu[i].dtype)
+        d, new_mu[i], new_nu[i] = paired.adam_moments(w_grad, mu[i], nu[i], count, b1, b2, eps)
         da = s * ops.full_times_row(lay, d, b, like=a)  # s B^T D
         db = s * ops.col_times_full(lay, a, d, like=b)  # s D A^T
         back.append((da, db, ops.gram_row(lay, b, db), ops.gram_col(lay, da, a)))

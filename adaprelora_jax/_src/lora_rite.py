@@ -40,17 +40,6 @@ class LoRARITEState(NamedTuple):
   prev_inv: Any
 
 
-def _mT(x):
-  return jnp.swapaxes(x, -1, -2)
-
-
-def _mm(*xs):
-  out = xs[0]
-  for x in xs[1:]:
-    out = jnp.matmul(out, x, precision=jax.lax.Precision.HIGHEST)
-  return out
-
-
 def _bases(gram_a, gram_b, cross_a, cross_b, grad_a, grad_b, kprev_a, kprev_b, rtol):
   """Triangular factors, basis changes and unmagnified second moments of a pair.
 
@@ -62,10 +51,10 @@ def _bases(gram_a, gram_b, cross_a, cross_b, grad_a, grad_b, kprev_a, kprev_b, r
   """
   k = linalg.tril_inverse(linalg.cholesky(jnp.stack([gram_a, gram_b]), rtol))
   k_a, k_b = k[0], k[1]
-  p_a = _mm(k_b, cross_b, _mT(kprev_b))
-  p_b = _mm(k_a, cross_a, _mT(kprev_a))
-  s_a = _mm(k_b, grad_a, _mT(k_b))
-  s_b = _mm(k_a, grad_b, _mT(k_a))
+  p_a = linalg.mm(k_b, cross_b, linalg.mT(kprev_b))
+  p_b = linalg.mm(k_a, cross_a, linalg.mT(kprev_a))
+  s_a = linalg.mm(k_b, grad_a, linalg.mT(k_b))
+  s_b = linalg.mm(k_a, grad_b, linalg.mT(k_a))
   sq = (jnp.trace(s_a, axis1=-2, axis2=-1) + jnp.trace(s_b, axis1=-2, axis2=-1))
   return k_a, k_b, p_a, p_b, s_a, s_b, sq
 
@@ -73,8 +62,8 @@ def _bases(gram_a, gram_b, cross_a, cross_b, grad_a, grad_b, kprev_a, kprev_b, r
 def _second_moments(v_a, v_b, p_a, p_b, s_a, s_b, esc_a, esc_b, k_a, k_b, rows_a, rows_b,
                     clip2, clip, beta2, eps, escape_mass):
   """Carries `V` across the basis change, adds the new moment, preconditions (one eigh)."""
-  sym = lambda x: 0.5 * (x + _mT(x))
-  t_a, t_b = sym(_mm(p_a, v_a, _mT(p_a))), sym(_mm(p_b, v_b, _mT(p_b)))
+  sym = lambda x: 0.5 * (x + linalg.mT(x))
+  t_a, t_b = sym(linalg.mm(p_a, v_a, linalg.mT(p_a))), sym(linalg.mm(p_b, v_b, linalg.mT(p_b)))
   b2 = beta2[..., None, None]
   new_a = sym(b2 * t_a + (1.0 - b2) * (clip2 / rows_a)[..., None, None] * s_a)
   new_b = sym(b2 * t_b + (1.0 - b2) * (clip2 / rows_b)[..., None, None] * s_b)
@@ -94,10 +83,11 @@ def _second_moments(v_a, v_b, p_a, p_b, s_a, s_b, esc_a, esc_b, k_a, k_b, rows_a
   w, q = w[:2 * k], q[:2 * k]
   eps = jnp.concatenate([eps, eps])[:, None]
   inv_root = 1.0 / (jnp.sqrt(jnp.maximum(w, 0.0) + esc[:, None]) + eps)
-  precond = _mm(q * inv_root[..., None, :], _mT(q))  # (V + rho I)^-1/2, eps outside.
+  precond = linalg.mm(q * inv_root[..., None, :], linalg.mT(q))  # (V + rho I)^-1/2, eps outside.
   c = clip[..., None, None]
   # Maps of the gradients (Flax layout): S_a^T = (c W_a K_b) applied to lora_a's side.
-  return new_a, new_b, esc[:k], esc[k:], c * _mm(precond[:k], k_b), c * _mm(precond[k:], k_a)
+  return (new_a, new_b, esc[:k], esc[k:], c * linalg.mm(precond[:k], k_b),
+          c * linalg.mm(precond[k:], k_a))
 
 
 def _corrected_decay(beta, t):
@@ -214,9 +204,8 @@ def scale_by_lora_rite(
         nu[idx] = state_utils.zeros_small(x, lay.nb, (lay.rank, lay.rank), dt, specs[idx])
         prev_inv[idx] = state_utils.zeros_small(x, lay.nb, (lay.rank, lay.rank), dt, specs[idx])
         escape[idx] = state_utils.zeros_small(x, lay.nb, (), dt, specs[idx])
-    mu = [state_utils.zeros_without_axis(x, None, mu_dtype or x.dtype, d)
-          for x, d in zip(leaves, specs)]
-    prev = [state_utils.zeros_without_axis(x, None, x.dtype, d) for x, d in zip(leaves, specs)]
+    mu = state_utils.zeros_like_each(leaves, specs, mu_dtype)
+    prev = state_utils.zeros_like_each(leaves, specs)
     tree = treedef.unflatten
     return LoRARITEState(count=jnp.zeros([], jnp.int32), mu=tree(mu), nu=tree(nu),
                          escape=tree(escape), prev=tree(prev), prev_inv=tree(prev_inv))
@@ -282,8 +271,8 @@ def scale_by_lora_rite(
              + (1.0 - b1_hat) * ops.apply_col(lay, map_a, ga))
       m_b = (b1_hat * ops.apply_row(lay, p_b, mu[ib].astype(dt))
              + (1.0 - b1_hat) * ops.apply_row(lay, map_b, gb))
-      out[ia] = ops.apply_col(lay, _mT(k_b), m_a).astype(raw_params[ia].dtype)
-      out[ib] = ops.apply_row(lay, _mT(k_a), m_b).astype(raw_params[ib].dtype)
+      out[ia] = ops.apply_col(lay, linalg.mT(k_b), m_a).astype(raw_params[ia].dtype)
+      out[ib] = ops.apply_row(lay, linalg.mT(k_a), m_b).astype(raw_params[ib].dtype)
       keep = lambda x, ref: sharding.match_batch(x, ref, lay.nb)
       for idx, ref, m, v, e, k in ((ia, a, m_a, v_a, esc_a, k_a), (ib, b, m_b, v_b, esc_b, k_b)):
         new["mu"][idx] = m.astype(mu[idx].dtype)

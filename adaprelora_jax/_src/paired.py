@@ -46,16 +46,18 @@ def adam_moments(g, mu, nu, count, b1, b2, eps):
     b1, b2, eps: Adam's hyperparameters (floats or traced scalars).
 
   Returns:
-    `(direction, new mu, new nu)`, the moments in `g`'s dtype (callers cast them).
+    `(direction, new mu, new nu)`: the direction in `g`'s dtype, the moments in the
+    dtypes of `mu` and `nu`.
   """
   dt = g.dtype
   t = count.astype(dt)
   b1, b2 = jnp.asarray(b1, dt), jnp.asarray(b2, dt)
-  mu = (1.0 - b1) * g + b1 * mu.astype(dt)
-  nu = (1.0 - b2) * g * g + b2 * nu.astype(dt)
-  mu_hat = mu / (1.0 - b1 ** t)
-  nu_hat = nu / (1.0 - b2 ** t)
-  return mu_hat / (jnp.sqrt(nu_hat) + jnp.asarray(eps, dt)), mu, nu
+  new_mu = (1.0 - b1) * g + b1 * mu.astype(dt)
+  new_nu = (1.0 - b2) * g * g + b2 * nu.astype(dt)
+  mu_hat = new_mu / (1.0 - b1 ** t)
+  nu_hat = new_nu / (1.0 - b2 ** t)
+  direction = mu_hat / (jnp.sqrt(nu_hat) + jnp.asarray(eps, dt))
+  return direction, new_mu.astype(mu.dtype), new_nu.astype(nu.dtype)
 
 
 def with_plain_init(tx: optax.GradientTransformation) -> optax.GradientTransformation:

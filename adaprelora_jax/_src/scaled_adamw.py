@@ -98,9 +98,8 @@ def scale_by_scaled_adamw(
     _, treedef = pairing.pair_layouts(params, dimension_numbers, who="scaled_adamw")
     leaves = treedef.flatten_up_to(pairing.unwrap(params))
     specs = pairing.declared_specs(params)
-    mu = [state_utils.zeros_without_axis(x, None, mu_dtype or x.dtype, d)
-          for x, d in zip(leaves, specs)]
-    nu = [state_utils.zeros_without_axis(x, None, x.dtype, d) for x, d in zip(leaves, specs)]
+    mu = state_utils.zeros_like_each(leaves, specs, mu_dtype)
+    nu = state_utils.zeros_like_each(leaves, specs)
     return ScaledAdamWState(count=jnp.zeros([], jnp.int32), mu=treedef.unflatten(mu),
                             nu=treedef.unflatten(nu))
 
@@ -130,8 +129,8 @@ def scale_by_scaled_adamw(
       precond = {lay.a_index: ops.apply_col(lay, bb_inv, ga),  # (B^T B + reg)^-1 g_A
                  lay.b_index: ops.apply_row(lay, jnp.swapaxes(aa_inv, -1, -2), gb)}
       for idx, g in precond.items():
-        d, m, v = paired.adam_moments(g, mu[idx], nu[idx], count, b1, b2, eps)
-        new_mu[idx], new_nu[idx] = m.astype(mu[idx].dtype), v.astype(nu[idx].dtype)
+        d, new_mu[idx], new_nu[idx] = paired.adam_moments(
+            g, mu[idx], nu[idx], count, b1, b2, eps)
         out[idx] = d.astype(params[idx].dtype)
     new_state = ScaledAdamWState(count=count, mu=treedef.unflatten(new_mu),
                                  nu=treedef.unflatten(new_nu))

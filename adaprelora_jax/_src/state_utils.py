@@ -29,6 +29,11 @@ def zeros_without_axis(x: Any, axis: int | None, dtype: Any, declared: Spec = No
   return _zeros(shape, dtype, spec, x)
 
 
+def zeros_like_each(leaves, declared, dtype: Any = None) -> list[jax.Array]:
+  """`zeros_without_axis(x, None, dtype or x.dtype, d)` for each leaf and declared spec."""
+  return [zeros_without_axis(x, None, dtype or x.dtype, d) for x, d in zip(leaves, declared)]
+
+
 def zeros_small(x: Any, batch_ndim: int, trailing: tuple[int, ...], dtype: Any,
                 declared: Spec = None):
   """Zeros `x.shape[:batch_ndim] + trailing`: per-pair r x r state (or a scalar per pair).

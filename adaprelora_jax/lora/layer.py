@@ -25,7 +25,7 @@ from flax import nnx
 
 from adaprelora_jax.lora.config import LoRAConfig
 from adaprelora_jax.models import sharding as model_sharding
-from adaprelora_jax.models.layers import Linear, lora_delta
+from adaprelora_jax.models.layers import Linear, init_lora_slots, lora_delta
 
 
 class LoRALinear(nnx.Linear):
@@ -48,12 +48,7 @@ class LoRALinear(nnx.Linear):
       if name.startswith("_"):  # NNX's bookkeeping of the base object
         continue
       setattr(self, name, nnx.data(value) if name == "bias" and value is None else value)
-    self.lora_a = nnx.data(None)
-    self.lora_b = nnx.data(None)
-    self.lora_dropout = nnx.data(None)
-    self.lora_scale = None
-    self.lora_config = None
-    self.lora_merged = False
+    init_lora_slots(self)
 
   def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
     y = super().__call__(inputs, out_sharding)

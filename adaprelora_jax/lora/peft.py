@@ -30,6 +30,7 @@ from adaprelora_jax.lora.apply import select_targets
 from adaprelora_jax.lora.config import LoRAConfig
 from adaprelora_jax.lora.layer import is_linear, stack_shape
 from adaprelora_jax.models.base import CausalLM
+from adaprelora_jax.models.checkpoint import read_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -133,12 +134,7 @@ def read_peft_config(path: str | Path) -> LoRAConfig:
   """The `LoRAConfig` of a PEFT adapter folder; refuses adapters this package cannot run
   (not LoRA, DoRA, biases, per-module ranks, ...), saying which field."""
   file = Path(path) / ADAPTER_CONFIG
-  if not file.is_file():
-    raise FileNotFoundError(f"{file}: no PEFT adapter config")
-  try:
-    cfg = json.loads(file.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{file}: not JSON ({e})") from e
+  cfg = read_json(file, "no PEFT adapter config")
   if cfg.get("peft_type") != "LORA":
     raise ValueError(f"{file}: peft_type {cfg.get('peft_type')!r} is not LORA")
   for field, what in _UNSUPPORTED.items():

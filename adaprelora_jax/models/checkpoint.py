@@ -37,6 +37,16 @@ DTYPES = {
 }
 
 
+def read_json(file: Path, missing: str):
+  """The JSON content of `file`; errors name the file (`missing` says what was expected)."""
+  if not file.is_file():
+    raise FileNotFoundError(f"{file}: {missing}")
+  try:
+    return json.loads(file.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{file}: not valid JSON ({e})") from e
+
+
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
   """Where one tensor lies."""
@@ -98,9 +108,9 @@ class Checkpoint:
     if index.is_file():
       self.source = index
       try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-      except (json.JSONDecodeError, KeyError) as e:
-        raise ValueError(f"{index}: not a safetensors index ({e})") from e
+        weight_map = read_json(index, "no safetensors index")["weight_map"]
+      except KeyError as e:
+        raise ValueError(f"{index}: not a safetensors index (no {e})") from e
       for file_name in sorted(set(weight_map.values())):
         file = self.folder / file_name
         if not file.is_file():

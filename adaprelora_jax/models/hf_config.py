@@ -8,10 +8,10 @@ top-level `rope_theta` (checkpoints on the hub) as the fallback, as transformers
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from adaprelora_jax.models.checkpoint import read_json
 from adaprelora_jax.models.config import MODEL_TYPES, ModelConfig, RopeConfig
 
 
@@ -19,12 +19,7 @@ def read_hf_config(path: str | Path) -> ModelConfig:
   """The `ModelConfig` of a checkpoint folder (or of a `config.json` file)."""
   path = Path(path)
   file = path / "config.json" if path.is_dir() else path
-  if not file.is_file():
-    raise FileNotFoundError(f"{file}: no config.json (not a Hugging Face checkpoint folder?)")
-  try:
-    data = json.loads(file.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{file}: not valid JSON ({e})") from e
+  data = read_json(file, "no config.json (not a Hugging Face checkpoint folder?)")
   return config_from_hf_dict(data, source=str(file))
 
 

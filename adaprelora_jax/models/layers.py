@@ -70,15 +70,7 @@ class Linear(nnx.Module):
     bias_spec = None if out_spec is None else P(*tuple(out_spec)[-1:])
     self.bias = (param(jnp.zeros((out_features,), param_dtype), bias_spec)
                  if use_bias else None)
-    # LoRA adapter, None until `adaprelora_jax.lora.apply_lora` sets it: the factors
-    # (`nnx.LoRAParam`), an `nnx.Dropout` on the adapter's input (None for rate 0), the
-    # scale s, the `LoRAConfig` it came from, and whether it is folded into `kernel`.
-    self.lora_a = nnx.data(None)
-    self.lora_b = nnx.data(None)
-    self.lora_dropout = nnx.data(None)
-    self.lora_scale = None
-    self.lora_config = None
-    self.lora_merged = False
+    init_lora_slots(self)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = sharding.matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
@@ -87,6 +79,20 @@ class Linear(nnx.Module):
       y = y + self.bias[...].astype(self.dtype)
     delta = lora_delta(self, x, self.dtype, self.out_spec)
     return y if delta is None else y + delta
+
+
+def init_lora_slots(module: nnx.Module) -> None:
+  """The LoRA adapter slots of a linear module, empty until `lora.apply_lora` fills them.
+
+  The factors (`nnx.LoRAParam`), an `nnx.Dropout` on the adapter's input (None for rate
+  0), the scale s, the `LoRAConfig` it came from, and whether it is folded into `kernel`.
+  """
+  module.lora_a = nnx.data(None)
+  module.lora_b = nnx.data(None)
+  module.lora_dropout = nnx.data(None)
+  module.lora_scale = None
+  module.lora_config = None
+  module.lora_merged = False
 
 
 def lora_delta(module: nnx.Module, x: jax.Array, dtype, out_spec: Spec = None):
