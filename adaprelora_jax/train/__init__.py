@@ -1,0 +1,52 @@
+"""Fine-tuning end to end: configs, data, the sharded train step, checkpoints, export,
+and the `adaprelora-finetune` command. See docs/training.md.
+
+`train(config, output_dir)` runs a `TrainConfig` (named configs: `config_by_name`);
+`adaprelora-finetune` is its command line.
+"""
+
+from adaprelora_jax.train.checkpoints import Checkpoints
+from adaprelora_jax.train.checkpoints import TrainState
+from adaprelora_jax.train.config import ConfigError
+from adaprelora_jax.train.config import DataConfig
+from adaprelora_jax.train.config import ModelSpec
+from adaprelora_jax.train.config import OptimConfig
+from adaprelora_jax.train.config import TrainConfig
+from adaprelora_jax.train.config import config_by_name
+from adaprelora_jax.train.data import ByteTokenizer
+from adaprelora_jax.train.data import read_e2e_csv
+from adaprelora_jax.train.data import render_mr
+from adaprelora_jax.train.export import hf_config_dict
+from adaprelora_jax.train.export import save_hf_checkpoint
+from adaprelora_jax.train.loop import Preempted
+from adaprelora_jax.train.loop import TrainResult
+from adaprelora_jax.train.loop import train
+from adaprelora_jax.train.metrics import read_metrics
+from adaprelora_jax.train.optim import make_optimizer
+from adaprelora_jax.train.optim import make_schedule
+from adaprelora_jax.train.step import make_train_step
+from adaprelora_jax.train.step import split_model
+
+__all__ = (
+    "ByteTokenizer",
+    "Checkpoints",
+    "ConfigError",
+    "DataConfig",
+    "ModelSpec",
+    "OptimConfig",
+    "Preempted",
+    "TrainConfig",
+    "TrainResult",
+    "TrainState",
+    "config_by_name",
+    "hf_config_dict",
+    "make_optimizer",
+    "make_schedule",
+    "make_train_step",
+    "read_e2e_csv",
+    "read_metrics",
+    "render_mr",
+    "save_hf_checkpoint",
+    "split_model",
+    "train",
+)

@@ -1,0 +1,169 @@
+"""`adaprelora-finetune`: the command line of the training loop.
+
+With no arguments it runs the demo (`--config demo`): the package base, pre-trained on
+generated text on first use, adapted with LoRA to a generated data-to-text task by
+AdaPreLoRA and AdamW side by side. Wrong input ends with a one-line message and exit
+status 2; SIGTERM saves a checkpoint and exits with 143.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+from adaprelora_jax.train import config as config_lib
+
+EXAMPLES = """\
+examples:
+  adaprelora-finetune                      # the demo: AdaPreLoRA vs AdamW, table + PNG
+  adaprelora-finetune --config gpt2_e2e_tiny --output-dir runs/e2e \\
+      --train-file ../shared/data/e2e/devset.csv \\
+      --eval-file ../shared/data/e2e/testset_w_refs.csv --eval-rows 200 --eval-every 10
+  adaprelora-finetune --config gpt2_medium_e2e --model-path gpt2-medium/ \\
+      --train-file e2e/trainset.csv --mesh fsdp=2,tensor=4 --output-dir runs/medium
+
+Run the same command again to resume from OUTPUT_DIR/checkpoints (only --max-steps,
+--checkpoint-every and the evaluation settings may change). Multi-host: start one process
+per host with --coordinator-address (or JAX_COORDINATOR_ADDRESS), --num-processes and
+--process-id. Exit status: 0 done, 2 bad input, 143 stopped by SIGTERM after saving.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="adaprelora-finetune", formatter_class=argparse.RawDescriptionHelpFormatter,
+      description="LoRA fine-tuning of GPT-2 / Llama-family models with AdaPreLoRA or any "
+                  "optimizer of adaprelora_jax, sharded, checkpointed and resumable.",
+      epilog=EXAMPLES)
+  p.add_argument("--config", default="demo", metavar="NAME",
+                 help=f"named config: {', '.join(config_lib.CONFIGS)} (default: demo)")
+  p.add_argument("--output-dir", metavar="DIR",
+                 help="where checkpoints, metrics.jsonl, tensorboard/, adapter/ and base/ go "
+                      "(default for the demo: a fresh ./adaprelora-demo-<time> folder; "
+                      "required otherwise)")
+  p.add_argument("--optimizer", metavar="NAME",
+                 help="optimizer of the LoRA pairs, a registry name (adaprelora, adamw, "
+                      "adafactor, loraplus, scaled_adamw, lora_pro, lora_pro_full, "
+                      "lora_rite); for the demo a comma-separated list (default "
+                      "adaprelora,adamw)")
+  p.add_argument("--learning-rate", type=float, metavar="LR",
+                 help="peak learning rate (default: the config's; the demo's are swept)")
+  p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps in total")
+  p.add_argument("--batch-size", type=int, metavar="N",
+                 help="examples per micro-batch over all devices and hosts")
+  p.add_argument("--grad-accum", type=int, metavar="K",
+                 help="micro-batches per optimizer step (weighted by target tokens)")
+  p.add_argument("--schedule", choices=config_lib.SCHEDULES,
+                 help="learning-rate decay after warmup")
+  p.add_argument("--warmup-steps", type=int, metavar="N", help="linear warmup steps")
+  p.add_argument("--seed", type=int, metavar="S",
+                 help="seed of the adapter init and of the data order")
+  p.add_argument("--train-file", metavar="F", help="training CSV with columns mr, ref (E2E)")
+  p.add_argument("--eval-file", metavar="F",
+                 help="evaluation CSV (columns mr, ref); eval_loss goes to metrics.jsonl")
+  p.add_argument("--eval-rows", type=int, metavar="N",
+                 help="evaluate on the first N rows of --eval-file only")
+  p.add_argument("--eval-every", type=int, metavar="N",
+                 help="evaluate every N steps (and always at the end)")
+  p.add_argument("--model-path", metavar="DIR",
+                 help="local Hugging Face checkpoint folder of the base model (default: the "
+                      "config's base; gpt2_e2e_tiny and demo use the package base)")
+  p.add_argument("--mesh", metavar="SPEC",
+                 help="mesh axis sizes, e.g. fsdp=2,tensor=4 (axes data, fsdp, tensor; "
+                      "devices not placed go to fsdp)")
+  p.add_argument("--checkpoint-every", type=int, metavar="N",
+                 help="save a checkpoint every N steps (and at the end); 0: end only")
+  p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                 help="continue from OUTPUT_DIR's newest readable checkpoint (default); "
+                      "--no-resume refuses a directory that holds checkpoints")
+  p.add_argument("--base-steps", type=int, metavar="N",
+                 help="pre-training steps of the package base (first use; cached per value)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--coordinator-address", metavar="HOST:PORT",
+                 help="multi-host: the coordinator (process 0) address")
+  p.add_argument("--num-processes", type=int, metavar="N", help="multi-host: processes")
+  p.add_argument("--process-id", type=int, metavar="I", help="multi-host: this process")
+  return p
+
+
+_FIELDS = {"learning_rate": "learning_rate", "max_steps": "max_steps",
+           "batch_size": "batch_size", "grad_accum": "grad_accum", "schedule": "schedule",
+           "warmup_steps": "warmup_steps", "seed": "seed", "train_file": "train_file",
+           "eval_file": "eval_file", "eval_rows": "eval_rows", "eval_every": "eval_every",
+           "mesh": "mesh", "checkpoint_every": "checkpoint_every", "base_steps": "base_steps"}
+
+
+def make_config(args: argparse.Namespace, *, demo: bool) -> config_lib.TrainConfig:
+  """The named config with the flags applied (ConfigError for bad values)."""
+  changes = {field: getattr(args, flag) for flag, field in _FIELDS.items()
+             if getattr(args, flag) is not None}
+  if args.model_path is not None:
+    changes["path"] = args.model_path
+  if args.optimizer is not None and not demo:
+    changes["optimizer"] = args.optimizer
+  if demo:
+    changes.pop("learning_rate", None)  # applied per optimizer by the demo
+  for name in ("train_file", "eval_file"):
+    if name in changes and not Path(changes[name]).is_file():
+      raise config_lib.ConfigError(f"--{name.replace('_', '-')} {changes[name]}: no such file")
+  try:
+    return config_lib.config_by_name(args.config, **changes)
+  except (TypeError, ValueError) as e:
+    raise config_lib.ConfigError(str(e)) from e
+
+
+def run(argv: list[str] | None = None) -> int:
+  """The command; returns the exit status."""
+  args = build_parser().parse_args(argv)
+  if args.config not in config_lib.CONFIGS:
+    raise config_lib.ConfigError(
+        f"unknown config {args.config!r}; known: {', '.join(config_lib.CONFIGS)}")
+  demo = args.config == "demo"
+  config = make_config(args, demo=demo)
+  from adaprelora_jax.train.sharding import initialize_distributed  # noqa: PLC0415
+
+  initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+  from adaprelora_jax.train.loop import train  # noqa: PLC0415 (after distributed start-up)
+
+  progress = not args.no_progress
+  if demo:
+    from adaprelora_jax.train.demo import DEMO_OPTIMIZERS, run_demo  # noqa: PLC0415
+
+    output_dir = args.output_dir or f"adaprelora-demo-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    print(f"demo output: {Path(output_dir).absolute()}")
+    optimizers = tuple(args.optimizer.split(",")) if args.optimizer else DEMO_OPTIMIZERS
+    run_demo(config, output_dir, optimizers=optimizers, learning_rate=args.learning_rate,
+             resume=args.resume, progress=progress)
+    return 0
+  if not args.output_dir:
+    raise config_lib.ConfigError(f"--output-dir is required for --config {args.config}")
+  result = train(config, args.output_dir, resume=args.resume, progress=progress)
+  if result.adapter_dir is not None:
+    print(f"adapter: {result.adapter_dir}")
+  if result.base_dir is not None:
+    print(f"base: {result.base_dir}")
+  return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Entry point of the console script: messages, not tracebacks, for bad input."""
+  from adaprelora_jax.train.loop import PREEMPTED_EXIT, Preempted  # noqa: PLC0415
+
+  try:
+    status = run(argv)
+  except config_lib.ConfigError as e:
+    print(f"adaprelora-finetune: error: {e}", file=sys.stderr)
+    status = 2
+  except Preempted as e:
+    print(f"adaprelora-finetune: {e}", file=sys.stderr)
+    status = PREEMPTED_EXIT
+  except KeyboardInterrupt:
+    print("adaprelora-finetune: interrupted", file=sys.stderr)
+    status = 130
+  sys.exit(status)
+
+
+if __name__ == "__main__":
+  main()
