@@ -22,6 +22,33 @@ E2E = REPO.parent / "shared" / "data" / "e2e"
 BASE_STEPS = 30
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """A persistent XLA compilation cache for the training tests and the commands they
+  start: every run of a test config compiles the same step, once."""
+  import jax  # noqa: PLC0415
+
+  cache = str(tmp_path_factory.mktemp("xla_cache"))
+  names = {"jax_compilation_cache_dir": cache,
+           "jax_persistent_cache_min_compile_time_secs": 0.0,
+           "jax_persistent_cache_min_entry_size_bytes": 0}
+  old = {name: getattr(jax.config, name) for name in names}
+  env = {"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  old_env = {k: os.environ.get(k) for k in env}
+  for name, value in names.items():
+    jax.config.update(name, value)
+  os.environ.update(env)
+  yield cache
+  for name, value in old.items():
+    jax.config.update(name, value)
+  for k, v in old_env.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def e2e_dir() -> Path:
   assert (E2E / "devset.csv").is_file(), f"E2E data missing at {E2E}"

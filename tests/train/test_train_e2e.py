@@ -1,0 +1,97 @@
+"""A tiny E2E fine-tune of the package base on ../shared/data/e2e, and what it leaves:
+metrics.jsonl, TensorBoard events, the evaluation loss, the PEFT adapter and the Hugging
+Face base (round trip through transformers + peft)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from adaprelora_jax.train import config_by_name, read_metrics, train
+from adaprelora_jax.train.metrics import TENSORBOARD_DIR
+
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def e2e_run(package_base, e2e_dir, tmp_path_factory):
+  out = tmp_path_factory.mktemp("e2e")
+  config = config_by_name(
+      "gpt2_e2e_tiny", path=str(package_base),
+      train_file=str(e2e_dir / "devset.csv"), eval_file=str(e2e_dir / "testset_w_refs.csv"),
+      eval_rows=32, eval_every=15, max_steps=STEPS, learning_rate=3e-4, warmup_steps=3,
+      checkpoint_every=15)
+  result = train(config, out, devices=jax.devices()[:2], progress=False,
+                 print_fn=lambda _: None)
+  return result
+
+
+def test_loss_falls_and_metrics_are_written(e2e_run):
+  records = read_metrics(e2e_run.output_dir)
+  steps = [r for r in records if "loss" in r]
+  assert [r["step"] for r in steps] == list(range(1, STEPS + 1))
+  for r in steps:
+    assert {"loss", "learning_rate", "grad_norm", "tokens_per_s", "step_time_s"} <= set(r)
+  losses = np.array([r["loss"] for r in steps])
+  assert losses[-5:].mean() < losses[:3].mean() - 0.2, losses
+  evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+  assert [s for s, _ in evals] == [15, 30]
+  assert evals[-1][1] < evals[0][1]
+  assert np.isfinite(evals[-1][1]) and 0.3 < evals[-1][1] < 4.0
+
+
+def _tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+  """Scalars of the event files in `folder`, read with tensorboardX's protobufs."""
+  from tensorboardX.proto import event_pb2
+
+  scalars: dict[str, list[tuple[int, float]]] = {}
+  for file in folder.glob("events.out.tfevents.*"):
+    data = file.read_bytes()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
+def test_tensorboard_logs_read_back(e2e_run):
+  scalars = _tensorboard_scalars(e2e_run.output_dir / TENSORBOARD_DIR)
+  loss = dict(scalars["loss"])
+  metrics = {r["step"]: r["loss"] for r in read_metrics(e2e_run.output_dir) if "loss" in r}
+  assert sorted(loss) == sorted(metrics)
+  np.testing.assert_allclose([loss[s] for s in sorted(loss)],
+                             [metrics[s] for s in sorted(metrics)], rtol=1e-6)
+  assert [s for s, _ in scalars["eval_loss"]] == [15, 30]
+  assert "learning_rate" in scalars
+
+
+def test_peft_round_trip_of_base_and_adapter(e2e_run):
+  """transformers + peft on OUTPUT_DIR/base and OUTPUT_DIR/adapter give our logits."""
+  import peft
+  import torch
+  import transformers
+
+  from adaprelora_jax.lora import load_peft_adapter
+  from adaprelora_jax.models import from_pretrained
+
+  out = e2e_run.output_dir
+  base = transformers.AutoModelForCausalLM.from_pretrained(
+      out / "base", attn_implementation="eager").eval()
+  model = peft.PeftModel.from_pretrained(base, out / "adapter").eval()
+  ids = np.array([list(b"name: The Eagle; food: French\nThe Eagle")], np.int64)
+  with torch.no_grad():
+    theirs = model(torch.tensor(ids)).logits.numpy()
+  ours_model = load_peft_adapter(from_pretrained(out / "base"), out / "adapter")
+  ours = np.asarray(ours_model(ids.astype(np.int32)))
+  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+  # The adapter is trained (lora_B moved away from 0) and changes the base's output.
+  with torch.no_grad(), model.disable_adapter():
+    plain = model(torch.tensor(ids)).logits.numpy()
+  assert np.abs(plain - theirs).max() > 1e-3
