@@ -94,9 +94,11 @@ def make_optimizer(name: str, mu_dtype=None) -> optax.GradientTransformation:
   accepted = inspect.signature(fn).parameters
   if "lora_scale" in accepted:
     kwargs["lora_scale"] = 1.0
+  static = STATIC.get(name, ())
   if mu_dtype is not None and "mu_dtype" in accepted:
     kwargs["mu_dtype"] = mu_dtype
-  return optax.inject_hyperparams(fn, static_args=STATIC.get(name, ()))(**kwargs)
+    static = static + ("mu_dtype",)  # a dtype is callable: it would pass for a schedule
+  return optax.inject_hyperparams(fn, static_args=static)(**kwargs)
 
 
 def run_grid(name: str, scenarios=SCENARIOS, seeds=(0, 1, 2), lrs=(1e-3, 3e-3, 1e-2),
