@@ -85,36 +85,32 @@ class _Preconditioned(NamedTuple):
   aqa: jax.Array  # A Q A^T
 
 
-def _tangent_maps(btb, bt_gb, aat, damping):
-  """r x r maps of the tangent projection: `Sb^-1`, and `[-Sb^-1 B^T g_B Sa^-1; Sa^-1]`.
-
-  `Z1 = Sb^-1 g_A / s` and `Y1 = [B, g_B] [-Sb^-1 B^T g_B Sa^-1; Sa^-1] / s` with
-  `Sb = ridge(B^T B)`, `Sa = ridge(A A^T)`: one batched inverse for both.
-  """
+def _tangent_inverses(btb, aat, damping):
+  """`ridge(B^T B)^-1` and `ridge(A A^T)^-1`: one batched inverse for both."""
   inv = linalg.spd_inverse(jnp.stack([linalg.ridge(btb, damping), linalg.ridge(aat, damping)]))
-  sbi, sai = inv[0], inv[1]
-  y_map = jnp.concatenate([-linalg.mm(sbi, bt_gb, sai), sai], axis=-2)
-  return sbi, y_map
+  return inv[0], inv[1]
 
 
-def _tangent_statistics(lay, pair: _Pair, grams: _FirstGrams, sbi, y_map):
-  """`rho = mean_j G_T^2` (batch + out) and `gamma = mean_i G_T^2` (batch + in), times 1.
+def _tangent_statistics(lay, pair: _Pair, grams: _FirstGrams, sbi, sai):
+  """`rho = mean_j G_T^2` (batch + out) and `gamma = mean_i G_T^2` (batch + in).
 
-  `G_T = B Z1 + Y1 A` is never formed: with the factor-sized `Z1` (r x n) and `Y1`
-  (m x r) explicit, `||G_T[i, :]||^2 = [B, Y1]_i K [B, Y1]_i^T` for the Gram `K` of
-  `[Z1; A]`, and column-wise with the Gram of `[B, Y1]`. Forming `Z1`, `Y1` first keeps
-  the inverse of an ill-conditioned `ridge(B^T B)` next to the factor it multiplies,
-  where the directions the ridge dominates are annihilated (`B Z1`), instead of
-  meeting rounding-level Gram entries in a 2r x 2r product (the cancellation that made
-  rank-deficient `B` return NaN).
+  `s G_T = s (B Z1 + Y1 A) = W1 g_A + U1 V1` with the factor-sized `W1 = B Sb^-1`,
+  `U1 = g_B - W1 B^T g_B` (m x r) and `V1 = Sa^-1 A` (r x n), `Sb = ridge(B^T B)`,
+  `Sa = ridge(A A^T)`. `G_T` is never formed: `||s G_T[i, :]||^2 = [W1, U1]_i K
+  [W1, U1]_i^T` with `K` the Gram of `[g_A; V1]`, and column-wise with the Gram of
+  `[W1, U1]`. Each inverse is applied to the factor it belongs with, so the directions
+  the ridge dominates are annihilated there (`B Sb^-1` is bounded, and exactly 0 at
+  `B = 0`), instead of meeting rounding-level Gram entries in a 2r x 2r product (the
+  cancellation that made rank-deficient `B` return NaN).
   """
-  z1 = ops.apply_col(lay, sbi, pair.ga)  # s Z1, column side
-  y1 = ops.combine_row(lay, pair.b, pair.gb, y_map)  # s Y1, row side
-  zz, za = ops.gram_col(lay, z1), ops.gram_col(lay, z1, pair.a)
-  k_rows = _symmetric(zz, za, grams.aat)
-  k_cols = _symmetric(grams.btb, ops.gram_row(lay, pair.b, y1), ops.gram_row(lay, y1))
-  rho = ops.quad_row(lay, pair.b, y1, k_rows) / (pair.s2 * lay.n)
-  gamma = ops.quad_col(lay, z1, pair.a, k_cols) / (pair.s2 * lay.m)
+  w1 = ops.apply_row(lay, sbi, pair.b)  # B Sb^-1, row side
+  u1 = pair.gb - ops.apply_row(lay, linalg.mT(grams.bt_gb), w1)  # (I - B Sb^-1 B^T) g_B
+  v1 = ops.apply_col(lay, sai, pair.a)  # Sa^-1 A, column side
+  k_rows = _symmetric(ops.gram_col(lay, pair.ga), ops.gram_col(lay, pair.ga, v1),
+                      ops.gram_col(lay, v1))
+  k_cols = _symmetric(ops.gram_row(lay, w1), ops.gram_row(lay, w1, u1), ops.gram_row(lay, u1))
+  rho = ops.quad_row(lay, w1, u1, k_rows) / (pair.s2 * lay.n)
+  gamma = ops.quad_col(lay, pair.ga, v1, k_cols) / (pair.s2 * lay.m)
   return jnp.maximum(rho, 0.0), jnp.maximum(gamma, 0.0)
 
 
@@ -257,17 +253,17 @@ def scale_by_adaprelora(
     batch_shapes = [lay.batch_shape for lay in layouts]
     stacked = lambda fn, *args: linalg.map_stacked(fn, batch_shapes, groups, *args)
 
-    # 1. Tangent statistics: first-pass Grams, Z1 and Y1, the row/column mean squares.
+    # 1. Tangent statistics: first-pass Grams, W1, U1, V1, the row/column mean squares.
     grams = [_FirstGrams(btb=ops.gram_row(lay, p.b), bt_gb=ops.gram_row(lay, p.b, p.gb),
                          aat=ops.gram_col(lay, p.a), ga_at=ops.gram_col(lay, p.ga, p.a))
              for lay, p in zip(layouts, pairs)]
-    maps = stacked(_tangent_maps, *zip(*[(g.btb, g.bt_gb, g.aat) for g in grams]),
-                   [p.damping for p in pairs])
+    inverses = stacked(_tangent_inverses, [g.btb for g in grams], [g.aat for g in grams],
+                       [p.damping for p in pairs])
 
     # 2. Adafactor statistics, the preconditioner P, Q and the weighted Grams.
     pre = []
-    for lay, p, g, (sbi, y_map) in zip(layouts, pairs, grams, maps):
-      rho, gamma = _tangent_statistics(lay, p, g, sbi, y_map)
+    for lay, p, g, (sbi, sai) in zip(layouts, pairs, grams, inverses):
+      rho, gamma = _tangent_statistics(lay, p, g, sbi, sai)
       dt = p.a.dtype
       beta2 = 1.0 - count.astype(dt) ** (-jnp.asarray(decay_rate, dt))
       row = beta2 * nu[lay.b_index] + (1.0 - beta2) * (rho + eps)
