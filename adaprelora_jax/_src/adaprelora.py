@@ -33,61 +33,111 @@ class AdaPreLoRAState(NamedTuple):
   nu: Any
 
 
-def _tangent_forms(gr, gc, damping):
-  """r x r quadratic forms giving the row/column mean squares of the tangent gradient.
+# The default relative ridge by the precision of the factors and their gradients (see
+# `default_damping` and docs/optimizers.md, "Rank-deficient factors", for the measurements).
+DAMPING_BY_PRECISION = (
+    (1e-15, 1e-6),  # float64: the SPEC's value; the ridged problem has condition ~ r / 1e-6.
+    (2e-7, 1e-3),  # float32
+    (1.0, 1e-2),  # bfloat16, float16
+)
 
-  With `Gr = [B, g_B]^T [B, g_B]`, `Gc = [A; g_A] [A; g_A]^T` (2r x 2r), the projection
-  `G_T = B Z1 + Y1 A` of `G` onto the tangent space at `BA` is, times `s^2`,
-  `[B, g_B] Tr Tc [A; g_A]` with `Tc = [[0, Sb^-1], [I, 0]]` (so `Tc [A; g_A] = [Z1; A]`)
-  and `Tr = [[I, -Sb^-1 B^T g_B Sa^-1], [0, Sa^-1]]` (so `[B, g_B] Tr = [B, Y1]`), where
-  `Sb = ridge(B^T B)`, `Sa = ridge(A A^T)`. Hence `s^2 ||G_T[i, :]||^2 = x_i Kr x_i^T`
-  with `Kr = Tr Tc Gc Tc^T Tr^T`, and column-wise `Kc = Tc^T Tr^T Gr Tr Tc`.
+
+def default_damping(*dtypes) -> float:
+  """The relative ridge `damping=None` means for factors and gradients of these dtypes.
+
+  A relative ridge `d` bounds the condition of every r x r solve by about `r / d`, and
+  the rounding of the least precise input (`eps` of its dtype) in the gradient's
+  components outside the factors' range is amplified by up to `1 / d`: so `d` must
+  grow as the precision falls. float64 keeps the SPEC's 1e-6.
   """
-  r = gr.shape[-1] // 2
-  inv = linalg.spd_inverse(jnp.stack(
-      [linalg.ridge(gr[..., :r, :r], damping), linalg.ridge(gc[..., :r, :r], damping)]))
-  sbi, sai = inv[0], inv[1]
-  eye = jnp.broadcast_to(jnp.eye(r, dtype=gr.dtype), sbi.shape)
-  zero = jnp.zeros_like(sbi)
-  tc = jnp.block([[zero, sbi], [eye, zero]])
-  tr = jnp.block([[eye, -linalg.mm(sbi, gr[..., :r, r:], sai)], [zero, sai]])
-  # Association order matters at B = 0 (Sb^-1 ~ 1/TINY against exact zeros).
-  kr = linalg.mm(tr, linalg.mm(linalg.mm(tc, gc), linalg.mT(tc)), linalg.mT(tr))
-  kc = linalg.mm(linalg.mT(tc), linalg.mm(linalg.mm(linalg.mT(tr), gr), tr), tc)
-  return kr, kc
+  eps = max(float(jnp.finfo(dt).eps) for dt in dtypes)
+  return next(d for bound, d in DAMPING_BY_PRECISION if eps <= bound)
 
 
-def _factor_solve(bpb, aqa, btb, b_gp, gp_gp, aat, a_gq, gq_gq, m, damping, clip):
-  """r x r coefficients of the balanced factor solve, and `||U||^2` for clipping.
+class _Pair(NamedTuple):
+  """One pair's factors and gradients in the compute dtype (Flax layout), and its settings."""
 
-  Times `s^2`: `dA = [C2, C1] [A; g_A Q^-1]`, `dB = [B, P^-1 g_B] [C2; D1]` with
-  `C1 = S_B^-1`, `D1 = S_A^-1`, `C2 = -S_B^-1 M S_A^-1 / 2`, `M = g_A A^T`,
-  `S_B = ridge(B^T P B)`, `S_A = ridge(A Q A^T)`. `||s(B dA + dB A)||^2` follows from the
-  Grams of `[B, P^-1 g_B]` (`btb`, `b_gp`, `gp_gp`) and of `[A; g_A Q^-1]` (`aat`,
-  `a_gq`, `gq_gq`).
+  a: jax.Array  # lora_a = A^T, batch + in + (r,)
+  b: jax.Array  # lora_b = B^T, batch + (r,) + out
+  ga: jax.Array
+  gb: jax.Array
+  s2: jax.Array  # lora_scale ** 2
+  damping: Any
 
-  Returns:
-    `fc` (r x 2r), `fr` (2r x r), and `s^2 ||U||^2` per pair (computed before clipping;
-    ones when `clip` is False).
+
+class _FirstGrams(NamedTuple):
+  """r x r Grams of the first pass over the factors and gradients."""
+
+  btb: jax.Array  # B^T B
+  bt_gb: jax.Array  # B^T g_B
+  aat: jax.Array  # A A^T
+  ga_at: jax.Array  # M = g_A A^T
+
+
+class _Preconditioned(NamedTuple):
+  """The new Adafactor statistics and the preconditioned gradients of one pair."""
+
+  row: jax.Array  # R
+  col: jax.Array  # C
+  gb_p: jax.Array  # P^-1 g_B
+  ga_q: jax.Array  # g_A Q^-1
+  bpb: jax.Array  # B^T P B
+  aqa: jax.Array  # A Q A^T
+
+
+def _tangent_inverses(btb, aat, damping):
+  """`ridge(B^T B)^-1` and `ridge(A A^T)^-1`: one batched inverse for both."""
+  inv = linalg.spd_inverse(jnp.stack([linalg.ridge(btb, damping), linalg.ridge(aat, damping)]))
+  return inv[0], inv[1]
+
+
+def _tangent_statistics(lay, pair: _Pair, grams: _FirstGrams, sbi, sai):
+  """`rho = mean_j G_T^2` (batch + out) and `gamma = mean_i G_T^2` (batch + in).
+
+  `s G_T = s (B Z1 + Y1 A) = W1 g_A + U1 V1` with the factor-sized `W1 = B Sb^-1`,
+  `U1 = g_B - W1 B^T g_B` (m x r) and `V1 = Sa^-1 A` (r x n), `Sb = ridge(B^T B)`,
+  `Sa = ridge(A A^T)`. `G_T` is never formed: `||s G_T[i, :]||^2 = [W1, U1]_i K
+  [W1, U1]_i^T` with `K` the Gram of `[g_A; V1]`, and column-wise with the Gram of
+  `[W1, U1]`. Each inverse is applied to the factor it belongs with, so the directions
+  the ridge dominates are annihilated there (`B Sb^-1` is bounded, and exactly 0 at
+  `B = 0`), instead of meeting rounding-level Gram entries in a 2r x 2r product (the
+  cancellation that made rank-deficient `B` return NaN).
   """
-  r = bpb.shape[-1]
+  w1 = ops.apply_row(lay, sbi, pair.b)  # B Sb^-1, row side
+  u1 = pair.gb - ops.apply_row(lay, linalg.mT(grams.bt_gb), w1)  # (I - B Sb^-1 B^T) g_B
+  v1 = ops.apply_col(lay, sai, pair.a)  # Sa^-1 A, column side
+  k_rows = _symmetric(ops.gram_col(lay, pair.ga), ops.gram_col(lay, pair.ga, v1),
+                      ops.gram_col(lay, v1))
+  k_cols = _symmetric(ops.gram_row(lay, w1), ops.gram_row(lay, w1, u1), ops.gram_row(lay, u1))
+  rho = ops.quad_row(lay, w1, u1, k_rows) / (pair.s2 * lay.n)
+  gamma = ops.quad_col(lay, pair.ga, v1, k_cols) / (pair.s2 * lay.m)
+  return jnp.maximum(rho, 0.0), jnp.maximum(gamma, 0.0)
+
+
+def _symmetric(xx, xy, yy):
+  return jnp.concatenate([jnp.concatenate([xx, xy], -1),
+                          jnp.concatenate([linalg.mT(xy), yy], -1)], -2)
+
+
+def _balanced_maps(bpb, aqa, ga_at, damping):
+  """The r x 2r and 2r x r coefficients of the balanced factor solve (times `s^2`).
+
+  `dA = [C2, S_B^-1] [A; g_A Q^-1]`, `dB = [B, P^-1 g_B] [C2; S_A^-1]` with
+  `C2 = -S_B^-1 M S_A^-1 / 2`, `S_B = ridge(B^T P B)`, `S_A = ridge(A Q A^T)`.
+  """
   inv = linalg.spd_inverse(jnp.stack(
       [linalg.ridge(bpb, damping), linalg.ridge(aqa, damping)]))
   sbi, sai = inv[0], inv[1]
-  c2 = -0.5 * linalg.mm(linalg.mm(sbi, m), sai)
-  fc = jnp.concatenate([c2, sbi], axis=-1)
-  fr = jnp.concatenate([c2, sai], axis=-2)
-  if not clip:
-    return fc, fr, jnp.ones(bpb.shape[:-2], bpb.dtype)
-  gr2 = jnp.block([[btb, b_gp], [linalg.mT(b_gp), gp_gp]])
-  gc2 = jnp.block([[aat, a_gq], [linalg.mT(a_gq), gq_gq]])
-  da_da = linalg.mm(linalg.mm(fc, gc2), linalg.mT(fc))
-  a_da = linalg.mm(gc2[..., :r, :], linalg.mT(fc))
-  db_db = linalg.mm(linalg.mm(linalg.mT(fr), gr2), fr)
-  b_db = linalg.mm(gr2[..., :r, :], fr)
+  c2 = -0.5 * linalg.mm(sbi, ga_at, sai)
+  return jnp.concatenate([c2, sbi], axis=-1), jnp.concatenate([c2, sai], axis=-2)
+
+
+def _update_sq_norm(lay, pair: _Pair, grams: _FirstGrams, da, db):
+  """`||B dA + dB A||_F^2` per pair from the Grams of the explicit factor steps."""
   trace = lambda x, y: jnp.sum(x * linalg.mT(y), axis=(-2, -1))  # tr(x y)
-  sq = trace(btb, da_da) + 2.0 * trace(b_db, a_da) + trace(db_db, aat)
-  return fc, fr, sq
+  return (trace(grams.btb, ops.gram_col(lay, da))
+          + 2.0 * trace(ops.gram_row(lay, pair.b, db), ops.gram_col(lay, pair.a, da))
+          + trace(ops.gram_row(lay, db), grams.aat))
 
 
 def scale_by_adaprelora(
@@ -96,7 +146,7 @@ def scale_by_adaprelora(
     b1: float | None = 0.9,
     decay_rate: float = 0.8,
     eps: float = 1e-30,
-    damping: float = 1e-6,
+    damping: float | None = None,
     clipping_threshold: float | None = 1.0,
     dimension_numbers: pairing.DimensionNumbersOrFn = None,
     mu_dtype: Any | None = None,
@@ -184,76 +234,72 @@ def scale_by_adaprelora(
   def update_fn(updates, state, params=None):
     paired.require_params(params, "scale_by_adaprelora")
     layouts, treedef = pairing.pair_layouts(params, dimension_numbers)
-    grads = paired.flatten_like(treedef, updates, "updates")
     params = treedef.flatten_up_to(pairing.unwrap(params))
+    grads = paired.checked_grads(treedef, updates, params, "adaprelora", cast=False)
     nu = treedef.flatten_up_to(state.nu)
     mu = treedef.flatten_up_to(state.mu) if b1 is not None else None
     scales = pairing.resolve_lora_scales(lora_scale, layouts)
     count = optax.safe_increment(state.count)
-    groups = [(lay.rank, paired.compute_dtype(params[lay.a_index], params[lay.b_index]))
-              for lay in layouts]
+    pairs, groups = [], []
+    for lay, s in zip(layouts, scales):
+      ia, ib = lay.a_index, lay.b_index
+      dt = paired.compute_dtype(params[ia], params[ib])
+      d = damping if damping is not None else default_damping(
+          params[ia].dtype, params[ib].dtype, grads[ia].dtype, grads[ib].dtype)
+      pairs.append(_Pair(a=params[ia].astype(dt), b=params[ib].astype(dt),
+                         ga=grads[ia].astype(dt), gb=grads[ib].astype(dt),
+                         s2=jnp.asarray(s, dt) ** 2, damping=d))
+      groups.append((lay.rank, dt))
     batch_shapes = [lay.batch_shape for lay in layouts]
+    stacked = lambda fn, *args: linalg.map_stacked(fn, batch_shapes, groups, *args)
 
-    # 1. Gram matrices of [B, g_B] and [A; g_A].
-    first = []
-    for lay, (_, dt) in zip(layouts, groups):
-      a, b = params[lay.a_index].astype(dt), params[lay.b_index].astype(dt)
-      ga, gb = grads[lay.a_index].astype(dt), grads[lay.b_index].astype(dt)
-      first.append((a, b, ga, gb, ops.block_gram_row(lay, b, gb),
-                    ops.block_gram_col(lay, a, ga)))
-    forms = linalg.map_stacked(
-        _tangent_forms, batch_shapes, groups,
-        [f[4] for f in first], [f[5] for f in first], [damping] * len(layouts))
+    # 1. Tangent statistics: first-pass Grams, W1, U1, V1, the row/column mean squares.
+    grams = [_FirstGrams(btb=ops.gram_row(lay, p.b), bt_gb=ops.gram_row(lay, p.b, p.gb),
+                         aat=ops.gram_col(lay, p.a), ga_at=ops.gram_col(lay, p.ga, p.a))
+             for lay, p in zip(layouts, pairs)]
+    inverses = stacked(_tangent_inverses, [g.btb for g in grams], [g.aat for g in grams],
+                       [p.damping for p in pairs])
 
-    # 2. Adafactor statistics of G_T, the preconditioner, and the weighted Grams.
-    second = []
-    for lay, (_, dt), s, f, (kr, kc) in zip(layouts, groups, scales, first, forms):
-      a, b, ga, gb, gr, gc = f
-      s2 = jnp.asarray(s, dt) ** 2
-      t = count.astype(dt)
-      beta2 = 1.0 - t ** (-jnp.asarray(decay_rate, dt))
-      rho = jnp.maximum(ops.quad_row(lay, b, gb, kr) / (s2 * lay.n), 0.0) + eps
-      gamma = jnp.maximum(ops.quad_col(lay, a, ga, kc) / (s2 * lay.m), 0.0) + eps
-      row = beta2 * nu[lay.b_index] + (1.0 - beta2) * rho
-      col = beta2 * nu[lay.a_index] + (1.0 - beta2) * gamma
+    # 2. Adafactor statistics, the preconditioner P, Q and the weighted Grams.
+    pre = []
+    for lay, p, g, (sbi, sai) in zip(layouts, pairs, grams, inverses):
+      rho, gamma = _tangent_statistics(lay, p, g, sbi, sai)
+      dt = p.a.dtype
+      beta2 = 1.0 - count.astype(dt) ** (-jnp.asarray(decay_rate, dt))
+      row = beta2 * nu[lay.b_index] + (1.0 - beta2) * (rho + eps)
+      col = beta2 * nu[lay.a_index] + (1.0 - beta2) * (gamma + eps)
       ratio = row / jnp.mean(row, axis=lay.out_axes, keepdims=True)
-      p, sqrt_p = jnp.sqrt(ratio), ratio ** 0.25  # P = diag(sqrt(R / mean R))
-      q, sqrt_q = jnp.sqrt(col), col ** 0.25  # Q = diag(sqrt(C))
-      gb_p = gb / ops.row_stat(lay, p)  # P^-1 g_B
-      ga_q = ga / ops.col_stat(lay, q)  # g_A Q^-1
-      r = lay.rank
-      second.append((a, b, ga_q, gb_p, row, col,
-                     ops.gram_row(lay, b * ops.row_stat(lay, sqrt_p)),
-                     ops.gram_col(lay, a * ops.col_stat(lay, sqrt_q)),
-                     gr[..., :r, :r], ops.gram_row(lay, b, gb_p), ops.gram_row(lay, gb_p),
-                     gc[..., :r, :r], ops.gram_col(lay, a, ga_q), ops.gram_col(lay, ga_q),
-                     gc[..., r:, :r]))
-    solves = linalg.map_stacked(
-        lambda *args: _factor_solve(*args, clip), batch_shapes, groups,
-        *zip(*[x[6:] for x in second]), [damping] * len(layouts))
+      sqrt_p, sqrt_q = ratio ** 0.25, col ** 0.25  # P = diag(sqrt(R / mean R)), Q = diag(sqrt C)
+      pre.append(_Preconditioned(
+          row=row, col=col,
+          gb_p=p.gb / ops.row_stat(lay, jnp.sqrt(ratio)),
+          ga_q=p.ga / ops.col_stat(lay, jnp.sqrt(col)),
+          bpb=ops.gram_row(lay, p.b * ops.row_stat(lay, sqrt_p)),
+          aqa=ops.gram_col(lay, p.a * ops.col_stat(lay, sqrt_q))))
 
-    # 3. Clip, apply momentum, write the update in Flax layout.
+    # 3. The balanced factor solve, clipping, momentum, the update in Flax layout.
+    coefs = stacked(_balanced_maps, [x.bpb for x in pre], [x.aqa for x in pre],
+                    [g.ga_at for g in grams], [p.damping for p in pairs])
     out = [None] * len(grads)
     new_nu = list(nu)
     new_mu = list(mu) if mu is not None else None
-    for lay, (_, dt), s, (a, b, ga_q, gb_p, row, col, *_), (fc, fr, sq) in zip(
-        layouts, groups, scales, second, solves):
-      s2 = jnp.asarray(s, dt) ** 2
-      factor = 1.0 / s2
-      if clip:
-        rms = jnp.sqrt(jnp.maximum(sq, 0.0) / (s2 * lay.m * lay.n))
+    for lay, p, g, x, (fc, fr) in zip(layouts, pairs, grams, pre, coefs):
+      da = ops.combine_col(lay, p.a, x.ga_q, fc)  # s^2 dA
+      db = ops.combine_row(lay, p.b, x.gb_p, fr)  # s^2 dB
+      factor = 1.0 / p.s2
+      if clip:  # rms(U), U = s (B dA + dB A)
+        sq = _update_sq_norm(lay, p, g, da, db)
+        rms = jnp.sqrt(jnp.maximum(sq, 0.0) / (p.s2 * lay.m * lay.n))
         factor = factor / jnp.maximum(1.0, rms / clipping_threshold)
-      factor = sharding.match_batch(factor, b, lay.nb)
-      da = ops.combine_col(lay, a, ga_q, fc) * ops.per_pair(
-          lay, factor, len(lay.in_shape) + 1)
-      db = ops.combine_row(lay, b, gb_p, fr) * ops.per_pair(
-          lay, factor, len(lay.out_shape) + 1)
-      new_nu[lay.a_index], new_nu[lay.b_index] = col, row
+      factor = sharding.match_batch(jnp.broadcast_to(factor, lay.batch_shape), p.b, lay.nb)
+      da = da * ops.per_pair(lay, factor, len(lay.in_shape) + 1)
+      db = db * ops.per_pair(lay, factor, len(lay.out_shape) + 1)
+      new_nu[lay.a_index], new_nu[lay.b_index] = x.col, x.row
       for idx, d in ((lay.a_index, da), (lay.b_index, db)):
         if b1 is not None:
-          m = b1 * mu[idx].astype(dt) + (1.0 - b1) * d
+          m = b1 * mu[idx].astype(d.dtype) + (1.0 - b1) * d
           new_mu[idx] = m.astype(mu[idx].dtype)
-          d = m / (1.0 - jnp.asarray(b1, dt) ** count.astype(dt))
+          d = m / (1.0 - jnp.asarray(b1, d.dtype) ** count.astype(d.dtype))
         out[idx] = d.astype(params[idx].dtype)
     new_state = AdaPreLoRAState(
         count=count,
@@ -271,7 +317,7 @@ def adaprelora(
     b1: float | None = 0.9,
     decay_rate: float = 0.8,
     eps: float = 1e-30,
-    damping: float = 1e-6,
+    damping: float | None = None,
     clipping_threshold: float | None = 1.0,
     weight_decay: float = 0.0,
     mask: Any | None = None,

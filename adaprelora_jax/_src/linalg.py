@@ -116,16 +116,20 @@ def cholesky(s: jax.Array, rtol=0.0) -> jax.Array:
 
   The outer-product (right-looking) form: r rank-one downdates of the Schur complement,
   vectorised over the leading axes. A pivot that is not above `rtol` times the
-  original diagonal entry (or not positive) marks a direction that is numerically in
-  the span of the earlier columns (or zero): its column of `L` is set to zero and the
-  remaining Schur complement ignores it. For full-rank input this is the Cholesky
+  largest diagonal entry of `s` (or not positive) marks a direction that is
+  numerically in the span of the earlier columns (or zero): its column of `L` is set to
+  zero and the remaining Schur complement ignores it. The tolerance is relative to the
+  whole matrix, like `pinv`'s `rcond`: relative to the pivot's own diagonal entry, a
+  column that is small only because the factor is nearly rank-deficient would pass, and
+  its rounding-level pivot would then be inverted (the LoRA-RITE overflow on
+  rank-deficient factors). For full-rank input this is the Cholesky
   factor; for rank-deficient input (e.g. a zero LoRA factor) it is the factor of the
   well-determined part, and `tril_inverse` then acts as a pseudo-inverse.
 
   Args:
     s: symmetric positive semi-definite matrices, shape (..., r, r).
-    rtol: relative pivot tolerance (a scalar, or an array broadcasting against the
-      leading axes).
+    rtol: pivot tolerance relative to the largest diagonal entry (a scalar, or an
+      array broadcasting against the leading axes).
 
   Returns:
     Lower-triangular `L` of the same shape, with a non-negative diagonal (zero where a
@@ -133,15 +137,14 @@ def cholesky(s: jax.Array, rtol=0.0) -> jax.Array:
   """
   r = s.shape[-1]
   idx = jnp.arange(r)
-  diag0 = jnp.diagonal(s, axis1=-2, axis2=-1)
+  scale = jnp.max(jnp.diagonal(s, axis1=-2, axis2=-1), axis=-1)
   rtol = jnp.asarray(rtol, s.dtype)
 
   def step(k, carry):
     a, l = carry
     col = lax.dynamic_index_in_dim(a, k, axis=a.ndim - 1, keepdims=False)  # (..., r)
     pivot = lax.dynamic_index_in_dim(col, k, axis=col.ndim - 1, keepdims=False)
-    ref = lax.dynamic_index_in_dim(diag0, k, axis=diag0.ndim - 1, keepdims=False)
-    keep = (pivot > 0) & (pivot > rtol * ref)
+    keep = (pivot > 0) & (pivot > rtol * scale)
     d = jnp.sqrt(jnp.where(keep, pivot, 1.0))
     lcol = jnp.where((idx >= k) & keep[..., None], col / d[..., None], 0.0)
     a = a - lcol[..., :, None] * lcol[..., None, :]

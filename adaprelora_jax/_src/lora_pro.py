@@ -185,8 +185,8 @@ def scale_by_lora_pro(
   def update_fn(updates, state, params=None):
     paired.require_params(params, "scale_by_lora_pro")
     layouts, treedef = pairing.pair_layouts(params, dimension_numbers, who=who)
-    grads = paired.flatten_like(treedef, updates, "updates")
     params = treedef.flatten_up_to(pairing.unwrap(params))
+    grads = paired.checked_grads(treedef, updates, params, "lora_pro")
     mu = treedef.flatten_up_to(state.mu)
     nu = treedef.flatten_up_to(state.nu)
     scales = pairing.resolve_lora_scales(lora_scale, layouts)

@@ -90,6 +90,18 @@ def _second_moments(v_a, v_b, p_a, p_b, s_a, s_b, esc_a, esc_b, k_a, k_b, rows_a
           c * linalg.mm(precond[k:], k_a))
 
 
+# The default Cholesky pivot tolerance by compute dtype (relative to the largest diagonal
+# entry of the factor's Gram): well above the Gram's rounding (~ r eps), so that a
+# direction that is only rounding is dropped rather than inverted. Measured on
+# benchmarks/scenario_grid.py (docs/optimizers.md): 1e-6 in float32 returned NaN.
+RANK_RTOL_BY_DTYPE = {"float64": 1e-10, "float32": 1e-4}
+
+
+def default_rank_rtol(dtype) -> float:
+  """The pivot tolerance `rank_rtol=None` means for a pair computed in `dtype`."""
+  return RANK_RTOL_BY_DTYPE.get(jnp.dtype(dtype).name, 1e-4)
+
+
 def _corrected_decay(beta, t):
   """Adafactor's bias-corrected decay `beta (1 - beta^(t-1)) / (1 - beta^t)` (0 at t = 1)."""
   return beta * (1.0 - beta ** (t - 1.0)) / (1.0 - beta ** t)
@@ -102,7 +114,7 @@ def scale_by_lora_rite(
     eps: float = 1e-6,
     clipping_threshold: float | None = 1.0,
     escape_mass: bool = False,
-    rank_rtol: float = 1e-6,
+    rank_rtol: float | None = None,
     dimension_numbers: pairing.DimensionNumbersOrFn = None,
     mu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
@@ -137,8 +149,11 @@ def scale_by_lora_rite(
     previous factors (`prev`) and `T^-1` (`prev_inv`) instead of the basis. The Gram
     squares the condition number: for factors with `cond(X) > ~1e3` in float32 the
     basis change loses accuracy (the current step's `T` stays backward stable).
-  * Rank deficiency: a Cholesky pivot below `rank_rtol` times its column's squared norm
-    drops that direction (its row of `T^-1` is zero), as the authors' `pinv(T)` does.
+  * Rank deficiency: a Cholesky pivot below `rank_rtol` times the largest squared column
+    norm drops that direction (its row of `T^-1` is zero), as the authors' `pinv(T)`
+    does. The default (None) is 1e-4 when computing in float32 (directions below 1% of
+    the largest singular value are absent: the Gram's rounding is ~ r * 1e-7 of its
+    largest entry, and inverting a rounding-level pivot overflowed) and 1e-10 in float64.
     At LoRA init (`lora_b = 0`) the `lora_a` update is therefore exactly 0.
   * Second moments are means over the rows (`g^T g / n`), `eps` is added to the square
     roots of the eigenvalues (`1 / (sqrt(lambda + rho) + eps)`, eigenvalues clamped at
@@ -164,8 +179,9 @@ def scale_by_lora_rite(
     eps: added to the square roots of the second moment's eigenvalues.
     clipping_threshold: global-norm clip of the unmagnified gradients; None disables.
     escape_mass: add the paper's escaped-mass term `rho`.
-    rank_rtol: relative Cholesky pivot tolerance below which a factor direction is
-      treated as absent (the pseudo-inverse of a rank-deficient factor).
+    rank_rtol: Cholesky pivot tolerance, relative to the largest diagonal entry of the
+      factor's Gram, below which a factor direction is treated as absent (the
+      pseudo-inverse of a rank-deficient factor); None picks it by the compute dtype.
     dimension_numbers: the batch-axis layout of the pairs (see `LoRADimensionNumbers`).
     mu_dtype: dtype of the first moment; None uses the parameter's dtype.
 
@@ -213,8 +229,8 @@ def scale_by_lora_rite(
   def update_fn(updates, state, params=None):
     paired.require_params(params, "scale_by_lora_rite")
     layouts, treedef = pairing.pair_layouts(params, dimension_numbers, who=who)
-    grads = paired.flatten_like(treedef, updates, "updates")
     raw_params = treedef.flatten_up_to(pairing.unwrap(params))
+    grads = paired.checked_grads(treedef, updates, raw_params, who)
     mu, nu, escape, prev, prev_inv = (treedef.flatten_up_to(x) for x in state[1:])
     count = optax.safe_increment(state.count)
     dts = [paired.compute_dtype(raw_params[lay.a_index], raw_params[lay.b_index])
@@ -234,8 +250,8 @@ def scale_by_lora_rite(
                     ops.gram_row(lay, b, prev[ib].astype(dt)),
                     ops.gram_col(lay, ga), ops.gram_row(lay, gb),
                     prev_inv[ia], prev_inv[ib]))
-    first = linalg.map_stacked(_bases, batch_shapes, groups, *zip(*grams),
-                               [rank_rtol] * len(layouts))
+    rtols = [rank_rtol if rank_rtol is not None else default_rank_rtol(dt) for dt in dts]
+    first = linalg.map_stacked(_bases, batch_shapes, groups, *zip(*grams), rtols)
 
     # 2. The global clip of the unmagnified gradients.
     wide = jnp.result_type(*dts)
@@ -295,7 +311,7 @@ def lora_rite(
     weight_decay: float = 0.0,
     clipping_threshold: float | None = 1.0,
     escape_mass: bool = False,
-    rank_rtol: float = 1e-6,
+    rank_rtol: float | None = None,
     mask: Any | None = None,
     dimension_numbers: pairing.DimensionNumbersOrFn = None,
     mu_dtype: Any | None = None,
@@ -315,7 +331,8 @@ def lora_rite(
     weight_decay: decoupled weight decay on the factors.
     clipping_threshold: global-norm clip of the unmagnified gradients; None disables.
     escape_mass: add the paper's escaped-mass term.
-    rank_rtol: relative Cholesky pivot tolerance (rank-deficient factors).
+    rank_rtol: relative Cholesky pivot tolerance (rank-deficient factors); None picks
+      it by the compute dtype (1e-4 in float32, 1e-10 in float64).
     mask: a tree or callable selecting which leaves weight decay applies to.
     dimension_numbers: the batch-axis layout of the pairs (see `LoRADimensionNumbers`).
     mu_dtype: dtype of the first moment; None uses the parameter's dtype.

@@ -127,4 +127,4 @@ def loraplus(
       optax.add_decayed_weights(weight_decay, mask),
       scale_by_loraplus(lr_ratio, dimension_numbers=dimension_numbers),
       optax.scale_by_learning_rate(learning_rate),
-  ))
+  ), "loraplus")

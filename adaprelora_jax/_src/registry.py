@@ -39,7 +39,7 @@ def adamw(
   """
   return paired.with_plain_init(optax.adamw(
       learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask,
-      mu_dtype=mu_dtype))
+      mu_dtype=mu_dtype), "adamw")
 
 
 def adafactor(
@@ -85,7 +85,7 @@ def adafactor(
       decay_offset=decay_offset, multiply_by_parameter_scale=multiply_by_parameter_scale,
       clipping_threshold=clipping_threshold, momentum=momentum,
       dtype_momentum=dtype_momentum, weight_decay_rate=weight_decay_rate, eps=eps,
-      factored=factored, weight_decay_mask=weight_decay_mask))
+      factored=factored, weight_decay_mask=weight_decay_mask), "adafactor")
 
 
 def lora_pro_full(

@@ -106,8 +106,8 @@ def scale_by_scaled_adamw(
   def update_fn(updates, state, params=None):
     paired.require_params(params, "scale_by_scaled_adamw")
     layouts, treedef = pairing.pair_layouts(params, dimension_numbers, who="scaled_adamw")
-    grads = paired.flatten_like(treedef, updates, "updates")
     params = treedef.flatten_up_to(pairing.unwrap(params))
+    grads = paired.checked_grads(treedef, updates, params, "scaled_adamw")
     mu = treedef.flatten_up_to(state.mu)
     nu = treedef.flatten_up_to(state.nu)
     count = optax.safe_increment(state.count)
