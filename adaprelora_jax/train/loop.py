@@ -197,6 +197,23 @@ def train(config: TrainConfig, output_dir: str | Path, *, resume: bool = True,
   say = print_fn if lead else (lambda _: None)
   mesh = sharding.build_mesh(config.mesh, devices)
   sharding.check_batch(mesh, config.batch_size)
+  checkpoints = Checkpoints(output_dir / "checkpoints", keep=config.keep_checkpoints,
+                            identity=run_identity(config))
+  try:
+    if checkpoints.steps():
+      if not resume:
+        raise ConfigError(f"{checkpoints.directory} holds checkpoints (steps "
+                          f"{checkpoints.steps()}); resume (--resume) or use a fresh "
+                          "--output-dir")
+      checkpoints.check_identity()
+    return _prepare_and_run(config, output_dir, mesh, checkpoints, started=started, lead=lead,
+                            say=say, progress=progress, on_step=on_step)
+  finally:
+    checkpoints.close()
+
+
+def _prepare_and_run(config, output_dir, mesh, checkpoints, *, started, lead, say, progress,
+                     on_step) -> TrainResult:
   run_data = load_data(config)
   say(run_data.train.report("train"))
   if run_data.eval is not None:
@@ -220,24 +237,14 @@ def train(config: TrainConfig, output_dir: str | Path, *, resume: bool = True,
   if lead:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-  checkpoints = Checkpoints(output_dir / "checkpoints", keep=config.keep_checkpoints,
-                            identity=run_identity(config))
-  try:
-    if checkpoints.steps():
-      if not resume:
-        raise ConfigError(f"{checkpoints.directory} holds checkpoints (steps "
-                          f"{checkpoints.steps()}); resume (--resume) or use a fresh "
-                          "--output-dir")
-      checkpoints.check_identity()
-      restored = checkpoints.restore_latest(state)
-      if restored is not None:
-        state = restored
-        say(f"resumed from {checkpoints.directory / str(state.step)}")
-    return _run(config, output_dir, split, state, optimizer, schedule, mesh, run_data,
-                checkpoints, started=started, lead=lead, say=say, progress=progress,
-                on_step=on_step)
-  finally:
-    checkpoints.close()
+  if checkpoints.steps():
+    restored = checkpoints.restore_latest(state)
+    if restored is not None:
+      state = restored
+      say(f"resumed from {checkpoints.directory / str(state.step)}")
+  return _run(config, output_dir, split, state, optimizer, schedule, mesh, run_data,
+              checkpoints, started=started, lead=lead, say=say, progress=progress,
+              on_step=on_step)
 
 
 def _run(config, output_dir, split, state, optimizer, schedule, mesh, run_data, checkpoints, *,

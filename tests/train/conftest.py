@@ -18,8 +18,8 @@ from adaprelora_jax.lora import LoRAConfig
 REPO = Path(__file__).resolve().parents[2]
 # CI clones the repository next to shared/; the data is never copied into the repository.
 E2E = REPO.parent / "shared" / "data" / "e2e"
-# Pre-training steps of the package base in the tests (the recipe's 300 take ~2 minutes).
-BASE_STEPS = 30
+# Pre-training steps of the package base in the tests (the recipe has 300).
+BASE_STEPS = 100
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -86,6 +86,11 @@ def tiny_config(**changes) -> TrainConfig:
       optim=OptimConfig(optimizer="adaprelora", learning_rate=1e-3, warmup_steps=2),
       max_steps=12, batch_size=4, checkpoint_every=4)
   return config.replace(**changes) if changes else config
+
+
+def multihost_config() -> TrainConfig:
+  """The multi-host test's run: 4 devices (fsdp), checkpoints from both processes."""
+  return tiny_config(max_steps=6, batch_size=8, checkpoint_every=3)
 
 
 def run_command(*args: str, timeout: float = 300, env: dict | None = None,
