@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 
+import jax
+
 import adaprelora_jax as apl
 from adaprelora_jax.lora import LoRAConfig
 from adaprelora_jax.train import DataConfig, ModelSpec, OptimConfig, TrainConfig, train
@@ -44,7 +46,9 @@ def main(argv=None):
                         schedule="constant"),
       max_steps=args.steps, batch_size=args.batch, checkpoint_every=0)
   with tempfile.TemporaryDirectory() as tmp:
-    result = train(config, args.output_dir or tmp, progress=False)
+    # One device: a CPU-sized example (adaprelora-finetune --mesh spreads a run out).
+    result = train(config, args.output_dir or tmp, progress=False,
+                   devices=jax.local_devices()[:1])
   losses = [loss for _, loss in result.losses]
   for step, loss in result.losses:
     if step == 1 or step % max(1, args.steps // 10) == 0:

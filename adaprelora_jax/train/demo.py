@@ -17,8 +17,9 @@ from adaprelora_jax.train.config import ConfigError, TrainConfig
 from adaprelora_jax.train.loop import TrainResult, train
 
 # The best final evaluation loss of the sweep in docs/training.md (150 steps, the demo's
-# config): AdaPreLoRA over {1e-4, 3e-4, 1e-3, 3e-3}, AdamW over {1e-3, 3e-3, 1e-2, 3e-2}.
-SWEPT_LEARNING_RATES = {"adaprelora": 3e-4, "adamw": 1e-2}
+# config): AdaPreLoRA over {1e-4, 3e-4, 1e-3, 3e-3}, AdamW over {1e-3, 3e-3, 1e-2, 3e-2,
+# 1e-1}. Other optimizers run at the config's learning rate unless --learning-rate is given.
+SWEPT_LEARNING_RATES = {"adaprelora": 1e-3, "adamw": 3e-2}
 DEMO_OPTIMIZERS = ("adaprelora", "adamw")
 PLOT_FILE = "loss_curves.png"
 SUMMARY_FILE = "summary.json"
@@ -105,6 +106,10 @@ def run_demo(config: TrainConfig, output_dir: str | Path, *,
     rows.append(_row(name, lr, results[name]))
   table = format_table(rows)
   print_fn(table)
+  import jax  # noqa: PLC0415
+
+  if jax.process_index() != 0:
+    return rows
   plot(results, output_dir / PLOT_FILE)
   (output_dir / SUMMARY_FILE).write_text(json.dumps(
       [dataclasses.asdict(r) for r in rows], indent=2) + "\n")

@@ -52,6 +52,11 @@ def test_two_processes_match_one_process_of_four_devices(tmp_path):
   ref = safetensors.numpy.load_file(tmp_path / "single" / "adapter" /
                                     "adapter_model.safetensors")
   assert sorted(ours) == sorted(ref)
+  loss_diff = np.max(np.abs(np.subtract(multi_losses, single_losses)) / np.abs(single_losses))
+  factor_diff = max(float(np.max(np.abs(ours[n] - ref[n])) / np.abs(ref[n]).max()) for n in ref)
+  print(f"multi-host vs one process: losses {multi_losses} vs {single_losses}; max relative "
+        f"loss difference {loss_diff:.2e}, max factor difference / max |factor| "
+        f"{factor_diff:.2e}")
   for name in ref:
     np.testing.assert_allclose(ours[name], ref[name], rtol=1e-5,
                                atol=1e-5 * np.abs(ref[name]).max())
