@@ -310,16 +310,16 @@ def _run(config, output_dir, split, state, optimizer, schedule, mesh, run_data, 
     logger.close()
   if eval_losses:
     say(f"eval_loss {eval_losses[-1][1]:.4f} at step {step}")
-  adapter_dir, base_dir = _export(config, output_dir, split, params, lead)
+  host_params = sharding.to_host(params)
+  adapter_dir, base_dir = _export(config, output_dir, split, host_params, lead)
   return TrainResult(output_dir=output_dir, step=step, start_step=start_step, losses=losses,
                      eval_losses=eval_losses, adapter_dir=adapter_dir, base_dir=base_dir,
-                     params=sharding.to_host(params), seconds=time.time() - started)
+                     params=host_params, seconds=time.time() - started)
 
 
-def _export(config, output_dir, split, params, lead) -> tuple[Path | None, Path | None]:
+def _export(config, output_dir, split, host_params, lead) -> tuple[Path | None, Path | None]:
   """Adapter (PEFT) and, unless the base is a local folder, the base (Hugging Face)."""
   write_base = config.model.path is None
-  host_params = sharding.to_host(params)
   host_frozen = sharding.to_host(split.frozen) if write_base else split.frozen
   adapter_dir = output_dir / "adapter" if config.lora is not None else None
   base_dir = output_dir / "base" if write_base else None

@@ -5,21 +5,16 @@ subprocess."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from adaprelora_jax.train import base_model
-from adaprelora_jax.train.config import DataConfig, ModelSpec, OptimConfig, TrainConfig
-from adaprelora_jax.lora import LoRAConfig
 
-REPO = Path(__file__).resolve().parents[2]
-# CI clones the repository next to shared/; the data is never copied into the repository.
-E2E = REPO.parent / "shared" / "data" / "e2e"
-# Pre-training steps of the package base in the tests (the recipe has 300).
-BASE_STEPS = 100
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_helpers
+
+from train_helpers import BASE_STEPS, E2E  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -73,30 +68,3 @@ def cache_env(tmp_path_factory):
 def package_base(cache_env) -> Path:
   """The package base pre-trained for BASE_STEPS steps (cached for the session)."""
   return base_model.ensure_package_base(BASE_STEPS, print_fn=lambda _: None, progress=False)
-
-
-def tiny_config(**changes) -> TrainConfig:
-  """A seconds-long LoRA run: a random tiny GPT-2, generated text, 64 tokens."""
-  config = TrainConfig(
-      name="tiny_test",
-      model=ModelSpec(name="tiny-gpt2"),
-      lora=LoRAConfig(rank=4, alpha=8, target_modules=("c_attn", "c_fc")),
-      data=DataConfig(kind="generated_text", seq_len=64, generated_train=256,
-                      generated_eval=16),
-      optim=OptimConfig(optimizer="adaprelora", learning_rate=1e-3, warmup_steps=2),
-      max_steps=12, batch_size=4, checkpoint_every=4)
-  return config.replace(**changes) if changes else config
-
-
-def multihost_config() -> TrainConfig:
-  """The multi-host test's run: 4 devices (fsdp), checkpoints from both processes."""
-  return tiny_config(max_steps=6, batch_size=8, checkpoint_every=3)
-
-
-def run_command(*args: str, timeout: float = 300, env: dict | None = None,
-                cwd: Path | None = None) -> subprocess.CompletedProcess:
-  """`adaprelora-finetune ARGS` (as `python -m`, so this checkout's package runs)."""
-  full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-  return subprocess.run([sys.executable, "-m", "adaprelora_jax.train.cli", *args],
-                        capture_output=True, text=True, timeout=timeout, env=full_env,
-                        cwd=cwd or REPO)

@@ -9,16 +9,17 @@ timeout; trains the tiny test config on the 4 global devices.
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-os.environ["JAX_PLATFORMS"] = "cpu"
-
-import jax  # noqa: E402
-
-from conftest import multihost_config  # noqa: E402
-
 
 def main():
   port, process_id, output_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+  # Before JAX starts its backend (this module is also imported by pytest's doctest
+  # collection, which must not see these).
+  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  import jax  # noqa: PLC0415
+
+  from train_helpers import multihost_config  # noqa: PLC0415
+
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
                              process_id=process_id, initialization_timeout=120)

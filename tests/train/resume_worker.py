@@ -10,14 +10,14 @@ import os
 import signal
 import sys
 
-import jax
-
-from adaprelora_jax.train import Preempted, train
-from adaprelora_jax.train.loop import PREEMPTED_EXIT
-from conftest import tiny_config
-
 
 def main():
+  import jax  # noqa: PLC0415
+
+  from adaprelora_jax.train import Preempted, train  # noqa: PLC0415
+  from adaprelora_jax.train.loop import PREEMPTED_EXIT  # noqa: PLC0415
+  from train_helpers import tiny_config  # noqa: PLC0415
+
   output_dir, how, at = sys.argv[1], sys.argv[2], int(sys.argv[3])
   sig = signal.SIGKILL if how == "kill" else signal.SIGTERM
 

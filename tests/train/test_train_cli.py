@@ -15,7 +15,7 @@ import pytest
 from adaprelora_jax.train import Checkpoints, TrainState, config_by_name
 from adaprelora_jax.train.config import run_identity
 from adaprelora_jax.train.demo import PLOT_FILE, SUMMARY_FILE
-from conftest import BASE_STEPS, REPO, run_command
+from train_helpers import BASE_STEPS, REPO, run_command
 
 FLAGS = ("--config", "--output-dir", "--optimizer", "--learning-rate", "--max-steps",
          "--batch-size", "--grad-accum", "--schedule", "--warmup-steps", "--seed",

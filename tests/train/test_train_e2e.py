@@ -13,7 +13,7 @@ import pytest
 
 from adaprelora_jax.train import config_by_name, read_metrics, train
 from adaprelora_jax.train.metrics import TENSORBOARD_DIR
-from conftest import BASE_STEPS
+from train_helpers import BASE_STEPS
 
 STEPS = 40
 

@@ -14,7 +14,7 @@ import numpy as np
 import safetensors.numpy
 
 from adaprelora_jax.train import read_metrics, train
-from conftest import REPO, multihost_config
+from train_helpers import REPO, multihost_config
 
 
 def _free_port() -> int:

@@ -16,7 +16,7 @@ import safetensors.numpy
 
 from adaprelora_jax.train import Checkpoints, ConfigError, read_metrics, train
 from adaprelora_jax.train.config import run_identity
-from conftest import REPO, tiny_config
+from train_helpers import REPO, tiny_config
 
 ADAPTER = Path("adapter") / "adapter_model.safetensors"
 

@@ -132,7 +132,7 @@ def test_grad_accumulation_weights_micro_batches_by_target_tokens():
 
 def test_bf16_compute_keeps_float32_factors(tmp_path):
   from adaprelora_jax.train import train  # noqa: PLC0415
-  from conftest import tiny_config  # noqa: PLC0415
+  from train_helpers import tiny_config  # noqa: PLC0415
 
   result = train(tiny_config(compute_dtype="bfloat16", max_steps=2, checkpoint_every=0),
                  tmp_path, devices=jax.devices()[:1], progress=False, print_fn=lambda _: None)
