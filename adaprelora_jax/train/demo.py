@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from adaprelora_jax.train.config import ConfigError, TrainConfig
+from adaprelora_jax.train.base_model import ensure_package_base
+from adaprelora_jax.train.config import PACKAGE_BASE, ConfigError, TrainConfig
 from adaprelora_jax.train.loop import TrainResult, train
 
 # The best final evaluation loss of the sweep in docs/training.md (150 steps, the demo's
@@ -96,6 +97,9 @@ def run_demo(config: TrainConfig, output_dir: str | Path, *,
   if unknown:
     raise ConfigError(f"unknown optimizer {unknown[0]!r}; known: {', '.join(sorted(apl.optimizers))}")
   output_dir = Path(output_dir)
+  if config.model.path is None and config.model.name == PACKAGE_BASE:
+    # Built (or found) first, so that the runs' times exclude it.
+    ensure_package_base(config.model.base_steps, print_fn=print_fn, progress=progress)
   results, rows = {}, []
   for name in optimizers:
     lr = learning_rate or SWEPT_LEARNING_RATES.get(name, config.optim.learning_rate)
