@@ -94,6 +94,8 @@ def _largest_file(folder: Path) -> Path:
   return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
 
+# orbax's reader threads report the truncated file once more, after the restore failed.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_truncated_checkpoint_falls_back_to_the_previous_one(reference, tmp_path):
   out = tmp_path / "run"
   shutil.copytree(reference, out)
