@@ -39,10 +39,8 @@ def mm(*xs: jax.Array) -> jax.Array:
 
 def ridge(s: jax.Array, damping) -> jax.Array:
   """`S + (damping * mean(diag(S)) + TINY) I` over the last two axes (`damping`: scalar or batch)."""
-  r = s.shape[-1]
-  diag_mean = jnp.mean(jnp.diagonal(s, axis1=-2, axis2=-1), axis=-1)
-  shift = damping * diag_mean + TINY
-  return s + shift[..., None, None] * jnp.eye(r, dtype=s.dtype)
+  shift = damping * jnp.mean(jnp.diagonal(s, axis1=-2, axis2=-1), axis=-1) + TINY
+  return s + shift[..., None, None] * jnp.eye(s.shape[-1], dtype=s.dtype)
 
 
 def spd_inverse(s: jax.Array) -> jax.Array:
