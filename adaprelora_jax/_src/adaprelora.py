@@ -37,8 +37,8 @@ class AdaPreLoRAState(NamedTuple):
 # `default_damping` and docs/optimizers.md, "Rank-deficient factors", for the measurements).
 DAMPING_BY_PRECISION = (
     (1e-15, 1e-6),  # float64: the SPEC's value; the ridged problem has condition ~ r / 1e-6.
-    (2e-7, 1e-3),  # float32
-    (1.0, 1e-2),  # bfloat16, float16
+    (2e-7, 1e-2),  # float32
+    (1.0, 1e-1),  # bfloat16, float16
 )
 
 
@@ -186,8 +186,9 @@ def scale_by_adaprelora(
   `||s B dA - s dB A||_H`. Then `U = s(B dA + dB A)` is clipped to RMS
   `clipping_threshold` (Adafactor), momentum `b1` is applied with bias correction, and
   `(dA^T, dB^T)` is returned for `(lora_a, lora_b)`. Nothing of size `m x n` is formed:
-  everything goes through `r x r` and `2r x 2r` Gram matrices. State is `O(m + n)` per
-  pair, plus the momentum.
+  everything goes through factor-sized arrays (`B Sb^-1`, `(I - P_B) g_B`, `Sa^-1 A`,
+  the steps) and their `r x r` / `2r x 2r` Gram matrices. State is `O(m + n)` per pair,
+  plus the momentum.
 
   Args:
     lora_scale: the LoRA scale `s` of the model (`alpha / r`; 1 for `nnx.LoRA`), or a
@@ -196,7 +197,10 @@ def scale_by_adaprelora(
     b1: momentum decay; None disables momentum (and stores none).
     decay_rate: Adafactor's second-moment decay exponent.
     eps: added to the mean squares.
-    damping: relative ridge of every r x r solve.
+    damping: relative ridge of every r x r solve; None (the default) picks it by the
+      least precise dtype of the factors and gradients (`default_damping`: 1e-6 for
+      float64, 1e-2 for float32, 1e-1 for bfloat16/float16), since float32 rounding in
+      the directions a rank-deficient factor lacks is amplified by up to `1 / damping`.
     clipping_threshold: the RMS above which the W-space update is scaled down; None
       disables clipping.
     dimension_numbers: the number of leading batch axes of each pair: None (lora_a's
@@ -349,7 +353,8 @@ def adaprelora(
     b1: momentum decay, or None for no momentum.
     decay_rate: Adafactor's second-moment decay exponent.
     eps: added to the mean squares.
-    damping: relative ridge of the r x r solves.
+    damping: relative ridge of the r x r solves; None picks it by precision (see
+      `scale_by_adaprelora`).
     clipping_threshold: RMS threshold of the W-space update, None to disable.
     weight_decay: decoupled weight decay on the factors.
     mask: a tree or callable selecting which leaves weight decay applies to.
