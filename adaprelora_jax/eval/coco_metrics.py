@@ -59,11 +59,11 @@ def ptb_tokenize(texts: Sequence[str]) -> list[str]:
 def _meteor_process():
   from pycocoevalcap.meteor.meteor import Meteor  # pylint: disable=g-import-not-at-top
 
-  _java()
   return Meteor()
 
 
 def _meteor_scorer():
+  _java()  # checked on every call, so a missing java is an error even with a jar running
   scorer = _meteor_process()
   if scorer.meteor_p.poll() is not None:  # the jar died: start a new one
     _meteor_process.cache_clear()
