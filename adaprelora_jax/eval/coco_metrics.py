@@ -10,6 +10,7 @@ Both need `java` on the PATH; without it they raise `RuntimeError`, never skip.
 
 from collections.abc import Sequence
 import functools
+import importlib.metadata
 import importlib.resources
 import shutil
 import subprocess
@@ -41,7 +42,8 @@ def ptb_tokenize(texts: Sequence[str]) -> list[str]:
   texts = _checks.check_strings(texts)
   if not texts:
     return []
-  jar = importlib.resources.files("pycocoevalcap.tokenizer") / ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR
+  jar_dir = importlib.resources.files("pycocoevalcap.tokenizer")
+  jar = jar_dir / ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR
   cmd = [_java(), "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
          "-lowerCase"]
   lines = "\n".join(t.replace("\r", " ").replace("\n", " ") for t in texts) + "\n"
@@ -92,20 +94,25 @@ def ptb_tokenize_corpus(predictions: Sequence[str], references: Sequence[Sequenc
   return preds, [[next(it) for _ in refs] for refs in references]
 
 
+def _version() -> str:
+  return importlib.metadata.version("pycocoevalcap")
+
+
 def meteor_implementation() -> str:
   """The name and settings of the METEOR implementation, for results files."""
-  return ("pycocoevalcap 1.2 meteor-1.5.jar (-l en -norm: alpha=0.85, beta=0.2, gamma=0.6, "
-          "delta=0.75) on PTB tokens")
+  return (f"pycocoevalcap {_version()} meteor-1.5.jar (-l en -norm: alpha=0.85, beta=0.2, "
+          "gamma=0.6, delta=0.75) on PTB tokens")
 
 
 def rouge_l_implementation() -> str:
   """The name and settings of the ROUGE-L implementation, for results files."""
-  return "pycocoevalcap 1.2 Rouge (beta=1.2), mean over examples, on PTB tokens"
+  return f"pycocoevalcap {_version()} Rouge (beta=1.2), mean over examples, on PTB tokens"
 
 
 def cider_implementation() -> str:
   """The name and settings of the CIDEr implementation, for results files."""
-  return "pycocoevalcap 1.2 Cider (CIDEr-D: n=4, sigma=6, x10), mean over examples, on PTB tokens"
+  return (f"pycocoevalcap {_version()} Cider (CIDEr-D: n=4, sigma=6, x10), mean over examples, "
+          "on PTB tokens")
 
 
 def meteor(predictions: Sequence[str], references: Sequence[Sequence[str]], *,

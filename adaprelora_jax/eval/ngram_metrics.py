@@ -49,7 +49,8 @@ def bleu(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> flo
     BLEU in [0, 1] (sacrebleu reports 100 times this).
 
   Example:
-    >>> round(bleu(["the cat sat on the mat"], [["The cat sat on the mat."]]), 4)  # BP = e^(1 - 7/6)
+    >>> # 6 hypothesis tokens, 7 reference tokens ("mat ."): BP = e^(1 - 7/6)
+    >>> round(bleu(["the cat sat on the mat"], [["The cat sat on the mat."]]), 4)
     0.8465
   """
   _checks.check_pairs(predictions, references)
