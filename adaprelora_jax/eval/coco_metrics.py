@@ -139,7 +139,9 @@ def meteor(predictions: Sequence[str], references: Sequence[Sequence[str]], *,
   """
   gts, res = _as_coco(predictions, references)
   preds, refs = ptb_tokenize_corpus([res[i][0] for i in res], [gts[i] for i in gts], tokenize)
-  gts, res = _as_coco(preds, refs)
+  # One line per example and "|||" as field separator in the jar's protocol.
+  clean = lambda t: " ".join(t.replace("|||", " ").split())  # pylint: disable=unnecessary-lambda-assignment
+  gts, res = _as_coco([clean(p) for p in preds], [[clean(r) for r in rs] for rs in refs])
   score, _ = _meteor_scorer().compute_score(gts, res)
   return float(score)
 

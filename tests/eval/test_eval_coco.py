@@ -106,3 +106,8 @@ def test_bad_input(metric):
     metric(["a", "b"], [["a"]])
   with pytest.raises(ValueError, match="at least one reference"):
     metric(["a"], [[]])
+
+
+def test_meteor_text_cannot_break_the_jar_protocol():
+  # Newlines and the jar's "|||" separator inside a text become spaces.
+  assert ev.meteor(["qz\nqx"], [["qz ||| qx"]], tokenize=False) == pytest.approx(1.0)

@@ -78,3 +78,13 @@ def test_e2e_metrics_bad_input():
     ev.e2e_metrics(["a"], [["a"], ["b"]])
   with pytest.raises(ValueError, match="no predictions"):
     ev.e2e_metrics([], [])
+
+
+def test_e2e_metrics_equal_the_single_metrics():
+  hyps = ["The Eagle is a cheap coffee shop.", "Near the river: Zizzi, a pub."]
+  refs = [["The Eagle is a low-priced coffee shop.", "Eagle: cheap coffee."],
+          ["Zizzi is a pub near the riverside.", "There is a pub called Zizzi by the river."]]
+  got = ev.e2e_metrics(hyps, refs)
+  for name, fn in [("BLEU", ev.bleu), ("NIST", ev.nist), ("METEOR", ev.meteor),
+                   ("ROUGE_L", ev.rouge_l), ("CIDEr", ev.cider)]:
+    assert got[name]["score"] == fn(hyps, refs), name
