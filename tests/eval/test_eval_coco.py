@@ -16,6 +16,12 @@ from adaprelora_jax import eval as ev
 ALPHA, BETA, GAMMA, DELTA = 0.85, 0.2, 0.6, 0.75
 
 
+@pytest.fixture(scope="module", autouse=True)
+def meteor_jar():
+  """Start the METEOR jar once for the module (~15 s); later calls reuse its process."""
+  assert ev.meteor(["qz"], [["qz"]]) == pytest.approx(1.0)
+
+
 def meteor_by_hand(p, r, frag):
   fmean = p * r / (ALPHA * p + (1 - ALPHA) * r)
   return fmean * (1 - GAMMA * frag ** BETA)
@@ -66,8 +72,13 @@ def test_meteor_properties():
 
 def test_java_missing_is_an_error(monkeypatch):
   monkeypatch.setenv("PATH", "")
+  # Even with the jar already running (the module fixture started it), as METEOR itself:
+  with pytest.raises(RuntimeError, match="no `java`"):
+    ev.meteor(["a"], [["a"]], tokenize=False)
   with pytest.raises(RuntimeError, match="no `java`"):
     ev.meteor(["a"], [["a"]])
+  with pytest.raises(RuntimeError, match="no `java`"):
+    ev.e2e_metrics(["a"], [["a"]])
   with pytest.raises(RuntimeError, match="no `java`"):
     ev.ptb_tokenize(["a"])
 
