@@ -73,19 +73,29 @@ def _meteor_scorer():
   return scorer
 
 
-def _as_coco(predictions, references):
+def _as_coco(predictions, references, tokenize, clean=lambda text: text):
+  """Checks, optionally PTB-tokenizes, and returns pycocoevalcap's `(gts, res)` dicts."""
   _checks.check_pairs(predictions, references)
   predictions = _checks.check_strings(predictions)
   references = _checks.check_references(references)
-  gts = {i: refs for i, refs in enumerate(references)}
-  res = {i: [p] for i, p in enumerate(predictions)}
+  predictions, references = ptb_tokenize_corpus(predictions, references, tokenize)
+  gts = {i: [clean(r) for r in refs] for i, refs in enumerate(references)}
+  res = {i: [clean(p)] for i, p in enumerate(predictions)}
   return gts, res
+
+
+def _one_line(text: str) -> str:
+  """One line without the jar's field separator "|||" (its stdin protocol)."""
+  return " ".join(text.replace("|||", " ").split())
 
 
 def ptb_tokenize_corpus(predictions: Sequence[str], references: Sequence[Sequence[str]],
                         tokenize: bool = True) -> tuple[list[str], list[list[str]]]:
-  """`ptb_tokenize` on predictions and references together (one Java run); identity if not
-  `tokenize`."""
+  """`ptb_tokenize` of predictions and references in one Java run (identity if not `tokenize`).
+
+  Returns:
+    `(predictions, references)` tokenized, references grouped as given.
+  """
   if not tokenize:
     return list(predictions), [list(r) for r in references]
   references = _checks.check_references(references)
@@ -137,11 +147,7 @@ def meteor(predictions: Sequence[str], references: Sequence[Sequence[str]], *,
   Raises:
     RuntimeError: no `java` on the PATH, or the jar failed.
   """
-  gts, res = _as_coco(predictions, references)
-  preds, refs = ptb_tokenize_corpus([res[i][0] for i in res], [gts[i] for i in gts], tokenize)
-  # One line per example and "|||" as field separator in the jar's protocol.
-  clean = lambda t: " ".join(t.replace("|||", " ").split())  # pylint: disable=unnecessary-lambda-assignment
-  gts, res = _as_coco([clean(p) for p in preds], [[clean(r) for r in rs] for rs in refs])
+  gts, res = _as_coco(predictions, references, tokenize, clean=_one_line)
   score, _ = _meteor_scorer().compute_score(gts, res)
   return float(score)
 
@@ -168,9 +174,7 @@ def rouge_l(predictions: Sequence[str], references: Sequence[Sequence[str]], *,
   """
   from pycocoevalcap.rouge.rouge import Rouge  # pylint: disable=g-import-not-at-top
 
-  gts, res = _as_coco(predictions, references)
-  preds, refs = ptb_tokenize_corpus([res[i][0] for i in res], [gts[i] for i in gts], tokenize)
-  gts, res = _as_coco(preds, refs)
+  gts, res = _as_coco(predictions, references, tokenize)
   score, _ = Rouge().compute_score(gts, res)
   return float(score)
 
@@ -196,8 +200,6 @@ def cider(predictions: Sequence[str], references: Sequence[Sequence[str]], *,
   """
   from pycocoevalcap.cider.cider import Cider  # pylint: disable=g-import-not-at-top
 
-  gts, res = _as_coco(predictions, references)
-  preds, refs = ptb_tokenize_corpus([res[i][0] for i in res], [gts[i] for i in gts], tokenize)
-  gts, res = _as_coco(preds, refs)
+  gts, res = _as_coco(predictions, references, tokenize)
   score, _ = Cider().compute_score(gts, res)
   return float(score)

@@ -30,6 +30,7 @@ def meteor_by_hand(p, r, frag):
 def test_ptb_tokenize_lowercases_drops_punctuation_and_keeps_lines():
   out = ev.ptb_tokenize(['Hello, World! It is the "Eagle".', "", "Near Cafe Rouge; 20-25."])
   assert out == ["hello world it is the eagle", "", "near cafe rouge 20-25"]
+  assert ev.ptb_tokenize(["a\nb", "", ""]) == ["a b", "", ""]  # one line per text
 
 
 def test_meteor_exact_matches_by_hand():
