@@ -16,7 +16,13 @@ _TASK_METRICS = {
 
 def _labels(preds, labels):
   _checks.check_pairs(preds, labels, "labels")
-  return [int(p) for p in preds], [int(y) for y in labels]
+  out = []
+  for name, values in (("preds", preds), ("labels", labels)):
+    ints = [int(v) for v in values]
+    if any(i != v for i, v in zip(ints, values)):
+      raise ValueError(f"{name} must be class ids (integers); take the argmax of scores first")
+    out.append(ints)
+  return out
 
 
 def _binary_counts(preds, labels):

@@ -8,7 +8,7 @@ from adaprelora_jax.eval import _checks
 
 # A number: optional sign (not after a word character, so "5-3" gives 3), digits with
 # optional thousands commas, optional decimals; or a bare decimal such as ".5".
-_NUMBER = re.compile(r"(?:(?<![\w.])-)?(?:\d+(?:,\d{3})*(?:\.\d+)?|\.\d+)")
+_NUMBER = re.compile(r"(?:(?<![\w.])-)?(?:\d+(?:,\d{3}(?!\d))*(?:\.\d+)?|\.\d+)")
 
 
 def gsm8k_answer(text: str) -> str | None:

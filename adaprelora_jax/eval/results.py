@@ -10,7 +10,7 @@ FORMAT = "adaprelora_jax.eval.results/1"
 
 
 def _plain(x):
-  if isinstance(x, np.ndarray) or hasattr(x, "__array__") and hasattr(x, "shape"):
+  if isinstance(x, np.ndarray) or (hasattr(x, "__array__") and hasattr(x, "shape")):  # jax too
     return np.asarray(x).tolist()
   if isinstance(x, np.generic):
     return x.item()

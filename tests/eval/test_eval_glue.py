@@ -47,5 +47,7 @@ def test_glue_bad_input():
     ev.glue_metric("sst2", [1, 0], [1])
   with pytest.raises(ValueError, match="no predictions"):
     ev.accuracy([], [])
+  with pytest.raises(ValueError, match="class ids"):
+    ev.glue_metric("sst2", [0.7, 0.2], [1, 0])
   with pytest.raises(ValueError, match="binary"):
     ev.glue_metric("cola", [0, 2], [0, 1])

@@ -9,6 +9,7 @@ from adaprelora_jax import eval as ev
     ("Natalia sold 48/2 = 24 clips in May.\nAltogether 48+24 = 72 clips.\n#### 72", "72"),
     ("#### 1,234", "1234"),
     ("The total is $1,234,567.", "1234567"),
+    ("1,2345", "2345"),                             # not a thousands group: two numbers
     ("He lost 5 dollars, so the change is -5", "-5"),
     ("#### -3.50", "-3.5"),
     ("7 apples #### 12 and then 99", "12"),        # the first number after ####
