@@ -44,11 +44,12 @@ def log_likelihoods_f64(logits, targets, mask):
 @pytest.mark.parametrize("dtype,rtol", [(jnp.float32, 1e-5), (jnp.bfloat16, 1e-5)])
 def test_target_log_likelihoods_matches_float64(dtype, rtol):
   batch, choices, length, vocab = 2, 4, 7, 50
-  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-  logits = (4 * jax.random.normal(k1, (batch, choices, length, vocab))).astype(dtype)
-  targets = jax.random.randint(k2, (batch, choices, length), 0, vocab)
-  mask = (jax.random.uniform(k3, (batch, choices, length)) < 0.6).astype(jnp.int32)
-  mask = mask.at[..., 0].set(1)
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(4 * rng.standard_normal((batch, choices, length, vocab)), dtype)
+  targets = jnp.asarray(rng.integers(0, vocab, (batch, choices, length)))
+  mask = rng.random((batch, choices, length)) < 0.6
+  mask[..., 0] = True
+  mask = jnp.asarray(mask, jnp.int32)
   got = jax.jit(ev.target_log_likelihoods)(logits, targets, mask)
   assert got.shape == (batch, choices) and got.dtype == jnp.float32
   # The reference reads the same (rounded) logits, so bf16 inputs still agree at f32 accuracy.
