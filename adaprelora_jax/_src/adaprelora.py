@@ -118,17 +118,13 @@ def _tangent_statistics(lay, pair: _Pair, grams: _FirstGrams, inv: _TangentInver
   # (`B (Sb^-1 B^T g_B)` measured 2x further from the float64 dense formulas).
   u1 = pair.gb - ops.apply_row(lay, linalg.mT(grams.bt_gb), w1)
   v1 = ops.apply_col(lay, inv.sai, pair.a)  # Sa^-1 A, column side
-  k_rows = _symmetric(ops.gram_col(lay, pair.ga), ops.gram_col(lay, pair.ga, v1),
-                      ops.gram_col(lay, v1))
-  k_cols = _symmetric(ops.gram_row(lay, w1), ops.gram_row(lay, w1, u1), ops.gram_row(lay, u1))
+  k_rows = ops.symmetric_blocks(ops.gram_col(lay, pair.ga), ops.gram_col(lay, pair.ga, v1),
+                                ops.gram_col(lay, v1))
+  k_cols = ops.symmetric_blocks(ops.gram_row(lay, w1), ops.gram_row(lay, w1, u1),
+                                ops.gram_row(lay, u1))
   rho = ops.quad_row(lay, w1, u1, k_rows) / (pair.s2 * lay.n)
   gamma = ops.quad_col(lay, pair.ga, v1, k_cols) / (pair.s2 * lay.m)
   return jnp.maximum(rho, 0.0), jnp.maximum(gamma, 0.0)
-
-
-def _symmetric(xx, xy, yy):
-  return jnp.concatenate([jnp.concatenate([xx, xy], -1),
-                          jnp.concatenate([linalg.mT(xy), yy], -1)], -2)
 
 
 def _balanced_maps(bpb, aqa, ga_at, damping):
