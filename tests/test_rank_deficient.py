@@ -87,8 +87,8 @@ def test_default_damping_follows_precision(x64):
   assert apl.scale_by_adaprelora  # the default is documented on the transform
   from adaprelora_jax._src.adaprelora import default_damping
   assert default_damping(jnp.float64, jnp.float64) == 1e-6
-  assert default_damping(jnp.float32, jnp.float32) == 1e-3
-  assert default_damping(jnp.float32, jnp.bfloat16) == 1e-2  # bf16 gradients count
+  assert default_damping(jnp.float32, jnp.float32) == 1e-2
+  assert default_damping(jnp.float32, jnp.bfloat16) == 1e-1  # bf16 gradients count
   rng = np.random.default_rng(3)
   a, b = lora_problems.factors(rng, (), (12,), (10,), 3)
   ga, gb, _ = lora_problems.factor_grads(rng, a, b, 0, 1.0)
@@ -153,28 +153,28 @@ def test_reproduction_trains_on_the_2x4_mesh(kind):
     _check_reproduction(losses)
 
 
-# --- The scenario grid (benchmarks/scenario_grid.py at test size).
-
-GRID_LRS = (3e-4,) + LRS  # the rates, and one below for the best-of-sweep
-
+# --- The scenario grid (benchmarks/scenario_grid.py at test size: 7 scenarios, 3 seeds,
+# the learning rates 1e-3, 3e-3, 1e-2 and lora_scale 1 and 16, 40 steps).
 
 @pytest.fixture(scope="module")
 def adamw_grid():
-  return scenario_grid.run_grid("adamw", lrs=GRID_LRS)
+  return scenario_grid.run_grid("adamw", lrs=LRS)
 
 
 def test_grid_adaprelora_finite_no_blowup_and_close_to_adamw(adamw_grid):
-  grid = scenario_grid.run_grid("adaprelora", lrs=GRID_LRS)
+  grid = scenario_grid.run_grid("adaprelora", lrs=LRS)
   counts = scenario_grid.counts(grid)
   assert counts["nonfinite"] == 0 and counts["blowups"] == 0, counts
+  # Best-of-sweep final loss over adamw's, per (scenario, seed, lora scale).
   ratio = scenario_grid.best_of_sweep(grid) / scenario_grid.best_of_sweep(adamw_grid)
-  # Per scenario, the geometric mean over seeds and lora scales of the best-of-sweep
-  # final loss relative to adamw's (docs/optimizers.md reports the worst single runs).
-  geo = np.exp(np.mean(np.log(ratio.reshape(len(grid["scenarios"]), -1)), axis=1))
-  # The target is 3x; measured: 3.24 on `subspace`, 2.93 on `ones`, <= 1.6
-  # elsewhere (docs/optimizers.md). This bound catches regressions; the gap is open.
-  assert np.all(geo < 4.0), dict(zip(grid["scenarios"], geo))
-  assert np.median(geo) < 2.0, dict(zip(grid["scenarios"], geo))
+  ratio = dict(zip(grid["scenarios"], ratio.reshape(len(grid["scenarios"]), -1)))
+  geo = {sc: float(np.exp(np.mean(np.log(r)))) for sc, r in ratio.items()}
+  assert max(geo.values()) < 3.0, geo
+  # Within 3x in every single run but on `ones`, where AdaPreLoRA's finals sit at
+  # 1.4e-3..7e-3 for every rate (its normalised constant-rate step sets the floor) while
+  # one AdamW run reaches 2.2e-4: 18x (docs/optimizers.md).
+  worst = {sc: float(np.max(r)) for sc, r in ratio.items() if sc != "ones"}
+  assert max(worst.values()) < 3.0, worst
 
 
 def test_grid_adaprelora_bf16_factors_f32_momentum():

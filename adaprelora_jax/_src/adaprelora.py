@@ -37,8 +37,8 @@ class AdaPreLoRAState(NamedTuple):
 # `default_damping` and docs/optimizers.md, "Rank-deficient factors", for the measurements).
 DAMPING_BY_PRECISION = (
     (1e-15, 1e-6),  # float64: the SPEC's value; the ridged problem has condition ~ r / 1e-6.
-    (2e-7, 1e-3),  # float32
-    (1.0, 1e-2),  # bfloat16, float16
+    (2e-7, 1e-2),  # float32
+    (1.0, 1e-1),  # bfloat16, float16
 )
 
 
@@ -85,13 +85,20 @@ class _Preconditioned(NamedTuple):
   aqa: jax.Array  # A Q A^T
 
 
-def _tangent_inverses(btb, aat, damping):
-  """`ridge(B^T B)^-1` and `ridge(A A^T)^-1`: one batched inverse for both."""
+class _TangentInverses(NamedTuple):
+  """`Sb^-1 = ridge(B^T B)^-1` and `Sa^-1 = ridge(A A^T)^-1`."""
+
+  sbi: jax.Array
+  sai: jax.Array
+
+
+def _tangent_inverses(btb, aat, damping) -> _TangentInverses:
+  """The r x r inverses of the tangent projection: one batched inverse for both."""
   inv = linalg.spd_inverse(jnp.stack([linalg.ridge(btb, damping), linalg.ridge(aat, damping)]))
-  return inv[0], inv[1]
+  return _TangentInverses(sbi=inv[0], sai=inv[1])
 
 
-def _tangent_statistics(lay, pair: _Pair, grams: _FirstGrams, sbi, sai):
+def _tangent_statistics(lay, pair: _Pair, grams: _FirstGrams, inv: _TangentInverses):
   """`rho = mean_j G_T^2` (batch + out) and `gamma = mean_i G_T^2` (batch + in).
 
   `s G_T = s (B Z1 + Y1 A) = W1 g_A + U1 V1` with the factor-sized `W1 = B Sb^-1`,
@@ -101,22 +108,23 @@ def _tangent_statistics(lay, pair: _Pair, grams: _FirstGrams, sbi, sai):
   `[W1, U1]`. Each inverse is applied to the factor it belongs with, so the directions
   the ridge dominates are annihilated there (`B Sb^-1` is bounded, and exactly 0 at
   `B = 0`), instead of meeting rounding-level Gram entries in a 2r x 2r product (the
-  cancellation that made rank-deficient `B` return NaN).
+  cancellation that made rank-deficient `B` return NaN). The Grams are taken of the
+  explicit `W1`, `U1`, `V1`: r x r shortcuts such as `Sb^-1 B^T B Sb^-1` for `W1^T W1`
+  carry the Gram's rounding through `Sb^-1` twice (float64 steps on exactly
+  rank-deficient `A` measured 2e-6 off the dense formulas that way, 9e-7 this way).
   """
-  w1 = ops.apply_row(lay, sbi, pair.b)  # B Sb^-1, row side
-  u1 = pair.gb - ops.apply_row(lay, linalg.mT(grams.bt_gb), w1)  # (I - B Sb^-1 B^T) g_B
-  v1 = ops.apply_col(lay, sai, pair.a)  # Sa^-1 A, column side
-  k_rows = _symmetric(ops.gram_col(lay, pair.ga), ops.gram_col(lay, pair.ga, v1),
-                      ops.gram_col(lay, v1))
-  k_cols = _symmetric(ops.gram_row(lay, w1), ops.gram_row(lay, w1, u1), ops.gram_row(lay, u1))
+  w1 = ops.apply_row(lay, inv.sbi, pair.b)  # B Sb^-1, row side
+  # (I - B Sb^-1 B^T) g_B as g_B - (B Sb^-1) (B^T g_B), through the bounded W1
+  # (`B (Sb^-1 B^T g_B)` measured 2x further from the float64 dense formulas).
+  u1 = pair.gb - ops.apply_row(lay, linalg.mT(grams.bt_gb), w1)
+  v1 = ops.apply_col(lay, inv.sai, pair.a)  # Sa^-1 A, column side
+  k_rows = ops.symmetric_blocks(ops.gram_col(lay, pair.ga), ops.gram_col(lay, pair.ga, v1),
+                                ops.gram_col(lay, v1))
+  k_cols = ops.symmetric_blocks(ops.gram_row(lay, w1), ops.gram_row(lay, w1, u1),
+                                ops.gram_row(lay, u1))
   rho = ops.quad_row(lay, w1, u1, k_rows) / (pair.s2 * lay.n)
   gamma = ops.quad_col(lay, pair.ga, v1, k_cols) / (pair.s2 * lay.m)
   return jnp.maximum(rho, 0.0), jnp.maximum(gamma, 0.0)
-
-
-def _symmetric(xx, xy, yy):
-  return jnp.concatenate([jnp.concatenate([xx, xy], -1),
-                          jnp.concatenate([linalg.mT(xy), yy], -1)], -2)
 
 
 def _balanced_maps(bpb, aqa, ga_at, damping):
@@ -174,8 +182,9 @@ def scale_by_adaprelora(
   `||s B dA - s dB A||_H`. Then `U = s(B dA + dB A)` is clipped to RMS
   `clipping_threshold` (Adafactor), momentum `b1` is applied with bias correction, and
   `(dA^T, dB^T)` is returned for `(lora_a, lora_b)`. Nothing of size `m x n` is formed:
-  everything goes through `r x r` and `2r x 2r` Gram matrices. State is `O(m + n)` per
-  pair, plus the momentum.
+  everything goes through factor-sized arrays (`B Sb^-1`, `(I - P_B) g_B`, `Sa^-1 A`,
+  the steps) and their `r x r` / `2r x 2r` Gram matrices. State is `O(m + n)` per pair,
+  plus the momentum.
 
   Args:
     lora_scale: the LoRA scale `s` of the model (`alpha / r`; 1 for `nnx.LoRA`), or a
@@ -184,7 +193,10 @@ def scale_by_adaprelora(
     b1: momentum decay; None disables momentum (and stores none).
     decay_rate: Adafactor's second-moment decay exponent.
     eps: added to the mean squares.
-    damping: relative ridge of every r x r solve.
+    damping: relative ridge of every r x r solve; None (the default) picks it by the
+      least precise dtype of the factors and gradients (`default_damping`: 1e-6 for
+      float64, 1e-2 for float32, 1e-1 for bfloat16/float16), since float32 rounding in
+      the directions a rank-deficient factor lacks is amplified by up to `1 / damping`.
     clipping_threshold: the RMS above which the W-space update is scaled down; None
       disables clipping.
     dimension_numbers: the number of leading batch axes of each pair: None (lora_a's
@@ -262,8 +274,8 @@ def scale_by_adaprelora(
 
     # 2. Adafactor statistics, the preconditioner P, Q and the weighted Grams.
     pre = []
-    for lay, p, g, (sbi, sai) in zip(layouts, pairs, grams, inverses):
-      rho, gamma = _tangent_statistics(lay, p, g, sbi, sai)
+    for lay, p, g, inv in zip(layouts, pairs, grams, inverses):
+      rho, gamma = _tangent_statistics(lay, p, g, inv)
       dt = p.a.dtype
       beta2 = 1.0 - count.astype(dt) ** (-jnp.asarray(decay_rate, dt))
       row = beta2 * nu[lay.b_index] + (1.0 - beta2) * (rho + eps)
@@ -337,7 +349,8 @@ def adaprelora(
     b1: momentum decay, or None for no momentum.
     decay_rate: Adafactor's second-moment decay exponent.
     eps: added to the mean squares.
-    damping: relative ridge of the r x r solves.
+    damping: relative ridge of the r x r solves; None picks it by precision (see
+      `scale_by_adaprelora`).
     clipping_threshold: RMS threshold of the W-space update, None to disable.
     weight_decay: decoupled weight decay on the factors.
     mask: a tree or callable selecting which leaves weight decay applies to.

@@ -48,17 +48,8 @@ def apply_col(layout: PairLayout, k: jax.Array, x: jax.Array) -> jax.Array:
   return _einsum(f"{b}{i}l,{b}kl->{b}{i}k", x, sharding.match_batch(k, x, layout.nb))
 
 
-def block_gram_row(layout: PairLayout, x: jax.Array, y: jax.Array) -> jax.Array:
-  """`[X, Y]^T [X, Y]` (batch + (2r, 2r)) for row-side `x`, `y`, from three r x r Grams."""
-  return _symmetric_blocks(gram_row(layout, x), gram_row(layout, x, y), gram_row(layout, y))
-
-
-def block_gram_col(layout: PairLayout, x: jax.Array, y: jax.Array) -> jax.Array:
-  """`[X; Y] [X; Y]^T` (batch + (2r, 2r)) for column-side `x`, `y`, from three Grams."""
-  return _symmetric_blocks(gram_col(layout, x), gram_col(layout, x, y), gram_col(layout, y))
-
-
-def _symmetric_blocks(xx, xy, yy):
+def symmetric_blocks(xx: jax.Array, xy: jax.Array, yy: jax.Array) -> jax.Array:
+  """The symmetric 2r x 2r matrix `[[xx, xy], [xy^T, yy]]` (a Gram of `[X, Y]` from its blocks)."""
   return jnp.concatenate([jnp.concatenate([xx, xy], -1),
                           jnp.concatenate([jnp.swapaxes(xy, -1, -2), yy], -1)], -2)
 

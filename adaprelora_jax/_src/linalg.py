@@ -39,10 +39,8 @@ def mm(*xs: jax.Array) -> jax.Array:
 
 def ridge(s: jax.Array, damping) -> jax.Array:
   """`S + (damping * mean(diag(S)) + TINY) I` over the last two axes (`damping`: scalar or batch)."""
-  r = s.shape[-1]
-  diag_mean = jnp.mean(jnp.diagonal(s, axis1=-2, axis2=-1), axis=-1)
-  shift = damping * diag_mean + TINY
-  return s + shift[..., None, None] * jnp.eye(r, dtype=s.dtype)
+  shift = damping * jnp.mean(jnp.diagonal(s, axis1=-2, axis2=-1), axis=-1) + TINY
+  return s + shift[..., None, None] * jnp.eye(s.shape[-1], dtype=s.dtype)
 
 
 def spd_inverse(s: jax.Array) -> jax.Array:
@@ -111,24 +109,25 @@ def map_stacked(fn: Callable[..., Any], batch_shapes: Sequence[tuple[int, ...]],
 
 
 
-def cholesky(s: jax.Array, rtol=0.0) -> jax.Array:
+def cholesky(s: jax.Array, rtol=0.0, floor=0.0) -> jax.Array:
   """Lower Cholesky factors `L` (`S = L L^T`) of PSD matrices `s` (..., r, r), in lax ops.
 
   The outer-product (right-looking) form: r rank-one downdates of the Schur complement,
-  vectorised over the leading axes. A pivot that is not above `rtol` times the
-  largest diagonal entry of `s` (or not positive) marks a direction that is
-  numerically in the span of the earlier columns (or zero): its column of `L` is set to
-  zero and the remaining Schur complement ignores it. The tolerance is relative to the
-  whole matrix, like `pinv`'s `rcond`: relative to the pivot's own diagonal entry, a
-  column that is small only because the factor is nearly rank-deficient would pass, and
-  its rounding-level pivot would then be inverted (the LoRA-RITE overflow on
-  rank-deficient factors). For full-rank input this is the Cholesky
-  factor; for rank-deficient input (e.g. a zero LoRA factor) it is the factor of the
-  well-determined part, and `tril_inverse` then acts as a pseudo-inverse.
+  vectorised over the leading axes. A pivot is kept only when it is positive, above
+  `rtol` times its own original diagonal entry (else the column is numerically in the
+  span of the earlier ones) and above `floor` times the largest diagonal entry of `s`
+  (else it is at the level of the Gram's rounding, which is relative to the whole
+  matrix: a column that is small only because the factor is nearly rank-deficient would
+  pass the first test on rounding alone, and inverting that pivot overflowed in
+  LoRA-RITE). A dropped pivot's column of `L` is zero and the remaining Schur
+  complement ignores it. For full-rank input this is the Cholesky factor; for
+  rank-deficient input (e.g. a zero LoRA factor) it is the factor of the well-determined
+  part, and `tril_inverse` then acts as a pseudo-inverse.
 
   Args:
     s: symmetric positive semi-definite matrices, shape (..., r, r).
-    rtol: pivot tolerance relative to the largest diagonal entry (a scalar, or an
+    rtol: pivot tolerance relative to the pivot's own diagonal entry.
+    floor: pivot tolerance relative to the largest diagonal entry (each a scalar, or an
       array broadcasting against the leading axes).
 
   Returns:
@@ -137,14 +136,16 @@ def cholesky(s: jax.Array, rtol=0.0) -> jax.Array:
   """
   r = s.shape[-1]
   idx = jnp.arange(r)
-  scale = jnp.max(jnp.diagonal(s, axis1=-2, axis2=-1), axis=-1)
-  rtol = jnp.asarray(rtol, s.dtype)
+  diag0 = jnp.diagonal(s, axis1=-2, axis2=-1)
+  scale = jnp.max(diag0, axis=-1)
+  rtol, floor = jnp.asarray(rtol, s.dtype), jnp.asarray(floor, s.dtype)
 
   def step(k, carry):
     a, l = carry
     col = lax.dynamic_index_in_dim(a, k, axis=a.ndim - 1, keepdims=False)  # (..., r)
     pivot = lax.dynamic_index_in_dim(col, k, axis=col.ndim - 1, keepdims=False)
-    keep = (pivot > 0) & (pivot > rtol * scale)
+    ref = lax.dynamic_index_in_dim(diag0, k, axis=diag0.ndim - 1, keepdims=False)
+    keep = (pivot > 0) & (pivot > rtol * ref) & (pivot > floor * scale)
     d = jnp.sqrt(jnp.where(keep, pivot, 1.0))
     lcol = jnp.where((idx >= k) & keep[..., None], col / d[..., None], 0.0)
     a = a - lcol[..., :, None] * lcol[..., None, :]

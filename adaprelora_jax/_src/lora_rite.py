@@ -40,7 +40,7 @@ class LoRARITEState(NamedTuple):
   prev_inv: Any
 
 
-def _bases(gram_a, gram_b, cross_a, cross_b, grad_a, grad_b, kprev_a, kprev_b, rtol):
+def _bases(gram_a, gram_b, cross_a, cross_b, grad_a, grad_b, kprev_a, kprev_b, rtol, floor):
   """Triangular factors, basis changes and unmagnified second moments of a pair.
 
   Factors `X_a = lora_a` (n x r), `X_b = lora_b^T` (m x r); `X = Q T` with
@@ -49,7 +49,7 @@ def _bases(gram_a, gram_b, cross_a, cross_b, grad_a, grad_b, kprev_a, kprev_b, r
   `P_a = Q_b^T Q_b' = K_b (X_b^T X_b') K_b'^T`, and the unmagnified gradient
   `g_a T_b^-1` has the Gram `K_b (g_a^T g_a) K_b^T`.
   """
-  k = linalg.tril_inverse(linalg.cholesky(jnp.stack([gram_a, gram_b]), rtol))
+  k = linalg.tril_inverse(linalg.cholesky(jnp.stack([gram_a, gram_b]), rtol, floor))
   k_a, k_b = k[0], k[1]
   p_a = linalg.mm(k_b, cross_b, linalg.mT(kprev_b))
   p_b = linalg.mm(k_a, cross_a, linalg.mT(kprev_a))
@@ -90,16 +90,15 @@ def _second_moments(v_a, v_b, p_a, p_b, s_a, s_b, esc_a, esc_b, k_a, k_b, rows_a
           c * linalg.mm(precond[k:], k_a))
 
 
-# The default Cholesky pivot tolerance by compute dtype (relative to the largest diagonal
-# entry of the factor's Gram): well above the Gram's rounding (~ r eps), so that a
-# direction that is only rounding is dropped rather than inverted. Measured on
-# benchmarks/scenario_grid.py (docs/optimizers.md): 1e-6 in float32 returned NaN.
-RANK_RTOL_BY_DTYPE = {"float64": 1e-10, "float32": 1e-4}
+def rounding_floor(dtype, rank: int) -> float:
+  """The Cholesky pivot floor, relative to a Gram's largest diagonal entry.
 
-
-def default_rank_rtol(dtype) -> float:
-  """The pivot tolerance `rank_rtol=None` means for a pair computed in `dtype`."""
-  return RANK_RTOL_BY_DTYPE.get(jnp.dtype(dtype).name, 1e-4)
+  A Gram of r columns computed in `dtype` carries rounding of about `r eps` of its
+  largest entry; a pivot within 10x of that is rounding, not a direction of the factor
+  (float32, r = 8: 1e-5; float64: 2e-14). Inverting such pivots made LoRA-RITE return
+  NaN on rank-deficient factors (docs/optimizers.md, "Rank-deficient factors").
+  """
+  return 10.0 * rank * float(jnp.finfo(dtype).eps)
 
 
 def _corrected_decay(beta, t):
@@ -114,7 +113,7 @@ def scale_by_lora_rite(
     eps: float = 1e-6,
     clipping_threshold: float | None = 1.0,
     escape_mass: bool = False,
-    rank_rtol: float | None = None,
+    rank_rtol: float = 1e-6,
     dimension_numbers: pairing.DimensionNumbersOrFn = None,
     mu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
@@ -149,11 +148,11 @@ def scale_by_lora_rite(
     previous factors (`prev`) and `T^-1` (`prev_inv`) instead of the basis. The Gram
     squares the condition number: for factors with `cond(X) > ~1e3` in float32 the
     basis change loses accuracy (the current step's `T` stays backward stable).
-  * Rank deficiency: a Cholesky pivot below `rank_rtol` times the largest squared column
-    norm drops that direction (its row of `T^-1` is zero), as the authors' `pinv(T)`
-    does. The default (None) is 1e-4 when computing in float32 (directions below 1% of
-    the largest singular value are absent: the Gram's rounding is ~ r * 1e-7 of its
-    largest entry, and inverting a rounding-level pivot overflowed) and 1e-10 in float64.
+  * Rank deficiency: a Cholesky pivot below `rank_rtol` times its column's squared norm,
+    or below the Gram's rounding (`10 r eps` times its largest diagonal entry), drops
+    that direction (its row of `T^-1` is zero), as the authors' `pinv(T)` does. Without
+    the rounding floor, a column that is small only because the factor is nearly
+    rank-deficient passed on rounding alone, and its inverse overflowed (NaN).
     At LoRA init (`lora_b = 0`) the `lora_a` update is therefore exactly 0.
   * Second moments are means over the rows (`g^T g / n`), `eps` is added to the square
     roots of the eigenvalues (`1 / (sqrt(lambda + rho) + eps)`, eigenvalues clamped at
@@ -179,9 +178,9 @@ def scale_by_lora_rite(
     eps: added to the square roots of the second moment's eigenvalues.
     clipping_threshold: global-norm clip of the unmagnified gradients; None disables.
     escape_mass: add the paper's escaped-mass term `rho`.
-    rank_rtol: Cholesky pivot tolerance, relative to the largest diagonal entry of the
-      factor's Gram, below which a factor direction is treated as absent (the
-      pseudo-inverse of a rank-deficient factor); None picks it by the compute dtype.
+    rank_rtol: relative Cholesky pivot tolerance below which a factor direction is
+      treated as absent (the pseudo-inverse of a rank-deficient factor); pivots at the
+      level of the Gram's rounding are dropped as well, whatever this is.
     dimension_numbers: the batch-axis layout of the pairs (see `LoRADimensionNumbers`).
     mu_dtype: dtype of the first moment; None uses the parameter's dtype.
 
@@ -250,8 +249,9 @@ def scale_by_lora_rite(
                     ops.gram_row(lay, b, prev[ib].astype(dt)),
                     ops.gram_col(lay, ga), ops.gram_row(lay, gb),
                     prev_inv[ia], prev_inv[ib]))
-    rtols = [rank_rtol if rank_rtol is not None else default_rank_rtol(dt) for dt in dts]
-    first = linalg.map_stacked(_bases, batch_shapes, groups, *zip(*grams), rtols)
+    floors = [rounding_floor(dt, lay.rank) for lay, dt in zip(layouts, dts)]
+    first = linalg.map_stacked(_bases, batch_shapes, groups, *zip(*grams),
+                               [rank_rtol] * len(layouts), floors)
 
     # 2. The global clip of the unmagnified gradients.
     wide = jnp.result_type(*dts)
@@ -311,7 +311,7 @@ def lora_rite(
     weight_decay: float = 0.0,
     clipping_threshold: float | None = 1.0,
     escape_mass: bool = False,
-    rank_rtol: float | None = None,
+    rank_rtol: float = 1e-6,
     mask: Any | None = None,
     dimension_numbers: pairing.DimensionNumbersOrFn = None,
     mu_dtype: Any | None = None,
@@ -331,8 +331,7 @@ def lora_rite(
     weight_decay: decoupled weight decay on the factors.
     clipping_threshold: global-norm clip of the unmagnified gradients; None disables.
     escape_mass: add the paper's escaped-mass term.
-    rank_rtol: relative Cholesky pivot tolerance (rank-deficient factors); None picks
-      it by the compute dtype (1e-4 in float32, 1e-10 in float64).
+    rank_rtol: relative Cholesky pivot tolerance (rank-deficient factors).
     mask: a tree or callable selecting which leaves weight decay applies to.
     dimension_numbers: the batch-axis layout of the pairs (see `LoRADimensionNumbers`).
     mu_dtype: dtype of the first moment; None uses the parameter's dtype.

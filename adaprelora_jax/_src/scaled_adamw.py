@@ -32,10 +32,20 @@ class ScaledAdamWState(NamedTuple):
 
 
 def _inverses(bb, aa, reg):
-  """`(B^T B + reg I)^-1` and `(A A^T + reg I)^-1`, one sweep over both stacks."""
-  eye = jnp.eye(bb.shape[-1], dtype=bb.dtype)
-  shift = reg[..., None, None] * eye
-  inv = linalg.spd_inverse(jnp.stack([bb + shift, aa + shift]))
+  """`(B^T B + reg I)^-1` and `(A A^T + reg I)^-1`, one sweep over both stacks.
+
+  The ridge is at least the Gram's own rounding, `10 r eps max(diag)`: an absolute
+  `reg` below it leaves a large rank-deficient Gram numerically indefinite (float32
+  `B^T B` up to 18 had eigenvalues down to -1.7e-6 against `reg = 1e-6` with a 1000x
+  input feature), and the inverse overflowed to NaN.
+  """
+  r = bb.shape[-1]
+  eye = jnp.eye(r, dtype=bb.dtype)
+  grams = jnp.stack([bb, aa])
+  rounding = 10.0 * r * jnp.finfo(bb.dtype).eps * jnp.max(
+      jnp.diagonal(grams, axis1=-2, axis2=-1), axis=-1)
+  shift = jnp.maximum(reg, rounding)[..., None, None] * eye
+  inv = linalg.spd_inverse(grams + shift)
   return inv[0], inv[1]
 
 
@@ -66,7 +76,9 @@ def scale_by_scaled_adamw(
 
   Args:
     reg: absolute ridge added to both `r x r` Gram matrices before inversion (PEFT's
-      `create_riemannian_optimizer` defaults to 1e-2; the paper's code to 1e-6).
+      `create_riemannian_optimizer` defaults to 1e-2; the paper's code to 1e-6); raised
+      to the Gram's rounding (`10 r eps` of its largest diagonal entry) where it is
+      below it.
     b1: Adam's first-moment decay.
     b2: Adam's second-moment decay.
     eps: added to the root of the second moment.
