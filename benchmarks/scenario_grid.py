@@ -35,10 +35,10 @@ import numpy as np
 import optax
 
 import adaprelora_jax as apl
+from toy_problems import STATIC  # shape-deciding arguments inject_hyperparams must not trace
 
 SCENARIOS = ("ones", "rank1_residual", "few_tokens", "subspace", "outlier_feature",
              "zero_layer", "normal")
-STATIC = {"adafactor": ("min_dim_size_to_factor",)}
 
 
 @dataclasses.dataclass(frozen=True)

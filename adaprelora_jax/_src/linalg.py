@@ -109,26 +109,37 @@ def map_stacked(fn: Callable[..., Any], batch_shapes: Sequence[tuple[int, ...]],
 
 
 
-def cholesky(s: jax.Array, rtol=0.0, floor=0.0) -> jax.Array:
+def gram_rounding(s: jax.Array) -> jax.Array:
+  """The rounding level of Gram matrices `s` (..., r, r): `10 r eps max(diag s)` per matrix.
+
+  A Gram of r columns computed in `s.dtype` carries rounding of about `r eps` of its
+  largest entry; a pivot or ridge within 10x of that is rounding, not a direction of
+  the factor (float32, r = 8: 1e-5 of the largest entry; float64: 2e-14).
+  """
+  r = s.shape[-1]
+  return 10.0 * r * jnp.finfo(s.dtype).eps * jnp.max(jnp.diagonal(s, axis1=-2, axis2=-1),
+                                                      axis=-1)
+
+
+def cholesky(s: jax.Array, rtol=0.0, drop_rounding: bool = False) -> jax.Array:
   """Lower Cholesky factors `L` (`S = L L^T`) of PSD matrices `s` (..., r, r), in lax ops.
 
   The outer-product (right-looking) form: r rank-one downdates of the Schur complement,
   vectorised over the leading axes. A pivot is kept only when it is positive, above
   `rtol` times its own original diagonal entry (else the column is numerically in the
-  span of the earlier ones) and above `floor` times the largest diagonal entry of `s`
-  (else it is at the level of the Gram's rounding, which is relative to the whole
-  matrix: a column that is small only because the factor is nearly rank-deficient would
-  pass the first test on rounding alone, and inverting that pivot overflowed in
-  LoRA-RITE). A dropped pivot's column of `L` is zero and the remaining Schur
+  span of the earlier ones) and, with `drop_rounding`, above the matrix's rounding
+  `gram_rounding(s)` (which is relative to the whole matrix: a column that is small only
+  because the factor is nearly rank-deficient would pass the first test on rounding
+  alone, and inverting that pivot overflowed in LoRA-RITE). A dropped pivot's column of `L` is zero and the remaining Schur
   complement ignores it. For full-rank input this is the Cholesky factor; for
   rank-deficient input (e.g. a zero LoRA factor) it is the factor of the well-determined
   part, and `tril_inverse` then acts as a pseudo-inverse.
 
   Args:
     s: symmetric positive semi-definite matrices, shape (..., r, r).
-    rtol: pivot tolerance relative to the pivot's own diagonal entry.
-    floor: pivot tolerance relative to the largest diagonal entry (each a scalar, or an
+    rtol: pivot tolerance relative to the pivot's own diagonal entry (a scalar, or an
       array broadcasting against the leading axes).
+    drop_rounding: also drop pivots at or below `gram_rounding(s)`.
 
   Returns:
     Lower-triangular `L` of the same shape, with a non-negative diagonal (zero where a
@@ -137,15 +148,15 @@ def cholesky(s: jax.Array, rtol=0.0, floor=0.0) -> jax.Array:
   r = s.shape[-1]
   idx = jnp.arange(r)
   diag0 = jnp.diagonal(s, axis1=-2, axis2=-1)
-  scale = jnp.max(diag0, axis=-1)
-  rtol, floor = jnp.asarray(rtol, s.dtype), jnp.asarray(floor, s.dtype)
+  rounding = gram_rounding(s) if drop_rounding else jnp.zeros(s.shape[:-2], s.dtype)
+  rtol = jnp.asarray(rtol, s.dtype)
 
   def step(k, carry):
     a, l = carry
     col = lax.dynamic_index_in_dim(a, k, axis=a.ndim - 1, keepdims=False)  # (..., r)
     pivot = lax.dynamic_index_in_dim(col, k, axis=col.ndim - 1, keepdims=False)
     ref = lax.dynamic_index_in_dim(diag0, k, axis=diag0.ndim - 1, keepdims=False)
-    keep = (pivot > 0) & (pivot > rtol * ref) & (pivot > floor * scale)
+    keep = (pivot > 0) & (pivot > rtol * ref) & (pivot > rounding)
     d = jnp.sqrt(jnp.where(keep, pivot, 1.0))
     lcol = jnp.where((idx >= k) & keep[..., None], col / d[..., None], 0.0)
     a = a - lcol[..., :, None] * lcol[..., None, :]

@@ -40,7 +40,7 @@ class LoRARITEState(NamedTuple):
   prev_inv: Any
 
 
-def _bases(gram_a, gram_b, cross_a, cross_b, grad_a, grad_b, kprev_a, kprev_b, rtol, floor):
+def _bases(gram_a, gram_b, cross_a, cross_b, grad_a, grad_b, kprev_a, kprev_b, rtol):
   """Triangular factors, basis changes and unmagnified second moments of a pair.
 
   Factors `X_a = lora_a` (n x r), `X_b = lora_b^T` (m x r); `X = Q T` with
@@ -49,7 +49,8 @@ def _bases(gram_a, gram_b, cross_a, cross_b, grad_a, grad_b, kprev_a, kprev_b, r
   `P_a = Q_b^T Q_b' = K_b (X_b^T X_b') K_b'^T`, and the unmagnified gradient
   `g_a T_b^-1` has the Gram `K_b (g_a^T g_a) K_b^T`.
   """
-  k = linalg.tril_inverse(linalg.cholesky(jnp.stack([gram_a, gram_b]), rtol, floor))
+  k = linalg.tril_inverse(linalg.cholesky(jnp.stack([gram_a, gram_b]), rtol,
+                                           drop_rounding=True))
   k_a, k_b = k[0], k[1]
   p_a = linalg.mm(k_b, cross_b, linalg.mT(kprev_b))
   p_b = linalg.mm(k_a, cross_a, linalg.mT(kprev_a))
@@ -88,17 +89,6 @@ def _second_moments(v_a, v_b, p_a, p_b, s_a, s_b, esc_a, esc_b, k_a, k_b, rows_a
   # Maps of the gradients (Flax layout): S_a^T = (c W_a K_b) applied to lora_a's side.
   return (new_a, new_b, esc[:k], esc[k:], c * linalg.mm(precond[:k], k_b),
           c * linalg.mm(precond[k:], k_a))
-
-
-def rounding_floor(dtype, rank: int) -> float:
-  """The Cholesky pivot floor, relative to a Gram's largest diagonal entry.
-
-  A Gram of r columns computed in `dtype` carries rounding of about `r eps` of its
-  largest entry; a pivot within 10x of that is rounding, not a direction of the factor
-  (float32, r = 8: 1e-5; float64: 2e-14). Inverting such pivots made LoRA-RITE return
-  NaN on rank-deficient factors (docs/optimizers.md, "Rank-deficient factors").
-  """
-  return 10.0 * rank * float(jnp.finfo(dtype).eps)
 
 
 def _corrected_decay(beta, t):
@@ -149,7 +139,8 @@ def scale_by_lora_rite(
     squares the condition number: for factors with `cond(X) > ~1e3` in float32 the
     basis change loses accuracy (the current step's `T` stays backward stable).
   * Rank deficiency: a Cholesky pivot below `rank_rtol` times its column's squared norm,
-    or below the Gram's rounding (`10 r eps` times its largest diagonal entry), drops
+    or below the Gram's rounding (`linalg.gram_rounding`: `10 r eps` times its largest
+    diagonal entry), drops
     that direction (its row of `T^-1` is zero), as the authors' `pinv(T)` does. Without
     the rounding floor, a column that is small only because the factor is nearly
     rank-deficient passed on rounding alone, and its inverse overflowed (NaN).
@@ -249,9 +240,8 @@ def scale_by_lora_rite(
                     ops.gram_row(lay, b, prev[ib].astype(dt)),
                     ops.gram_col(lay, ga), ops.gram_row(lay, gb),
                     prev_inv[ia], prev_inv[ib]))
-    floors = [rounding_floor(dt, lay.rank) for lay, dt in zip(layouts, dts)]
     first = linalg.map_stacked(_bases, batch_shapes, groups, *zip(*grams),
-                               [rank_rtol] * len(layouts), floors)
+                               [rank_rtol] * len(layouts))
 
     # 2. The global clip of the unmagnified gradients.
     wide = jnp.result_type(*dts)

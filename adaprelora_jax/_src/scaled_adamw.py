@@ -34,17 +34,14 @@ class ScaledAdamWState(NamedTuple):
 def _inverses(bb, aa, reg):
   """`(B^T B + reg I)^-1` and `(A A^T + reg I)^-1`, one sweep over both stacks.
 
-  The ridge is at least the Gram's own rounding, `10 r eps max(diag)`: an absolute
+  The ridge is at least the Gram's own rounding (`linalg.gram_rounding`): an absolute
   `reg` below it leaves a large rank-deficient Gram numerically indefinite (float32
   `B^T B` up to 18 had eigenvalues down to -1.7e-6 against `reg = 1e-6` with a 1000x
   input feature), and the inverse overflowed to NaN.
   """
-  r = bb.shape[-1]
-  eye = jnp.eye(r, dtype=bb.dtype)
   grams = jnp.stack([bb, aa])
-  rounding = 10.0 * r * jnp.finfo(bb.dtype).eps * jnp.max(
-      jnp.diagonal(grams, axis1=-2, axis2=-1), axis=-1)
-  shift = jnp.maximum(reg, rounding)[..., None, None] * eye
+  eye = jnp.eye(bb.shape[-1], dtype=bb.dtype)
+  shift = jnp.maximum(reg, linalg.gram_rounding(grams))[..., None, None] * eye
   inv = linalg.spd_inverse(grams + shift)
   return inv[0], inv[1]
 
