@@ -2,6 +2,7 @@
 
 from adaprelora_jax.data.records import ChoiceExample
 from adaprelora_jax.data.records import ClassificationExample
+from adaprelora_jax.data.records import DataError
 from adaprelora_jax.data.records import Example
 from adaprelora_jax.data.records import TaskData
 from adaprelora_jax.data.records import TextExample
@@ -9,6 +10,7 @@ from adaprelora_jax.data.records import TextExample
 __all__ = (
     "ChoiceExample",
     "ClassificationExample",
+    "DataError",
     "Example",
     "TaskData",
     "TextExample",

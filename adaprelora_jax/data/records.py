@@ -19,6 +19,12 @@ import dataclasses
 from collections.abc import Mapping
 
 
+class DataError(ValueError):
+  """A file or dataset that cannot be used at all: missing, unreadable, without the
+  task's fields, or without a single usable row. The command prints it and exits non-zero.
+  (A single bad row is not an error: it is counted in `TaskData.skipped`.)"""
+
+
 @dataclasses.dataclass(frozen=True)
 class TextExample:
   """A prompt, the target trained on, and every reference an evaluation compares with
