@@ -17,8 +17,9 @@ def _plain(x):
   raise TypeError(f"{type(x).__name__} is not JSON serializable")
 
 
-def write_results(path: str | os.PathLike, metrics: dict[str, Any], predictions: Any) -> None:
-  """Writes `{"format", "metrics", "predictions"}` as JSON, atomically.
+def write_results(path: str | os.PathLike, metrics: dict[str, Any], predictions: Any, *,
+                  info: dict[str, Any] | None = None) -> None:
+  """Writes `{"format", "metrics", "predictions"}` (and `"info"`, if given) as JSON, atomically.
 
   Save in `predictions` everything the metrics need (e.g. per E2E MR its generated text and
   references; per ARC question the choice log-likelihoods, token counts and label), so that
@@ -29,12 +30,15 @@ def write_results(path: str | os.PathLike, metrics: dict[str, Any], predictions:
     path: the file to write (parent folders are created).
     metrics: the metric values (nested dicts allowed).
     predictions: JSON-serializable predictions.
+    info: what was evaluated and how (task, split, source, settings); optional.
   """
   if not isinstance(metrics, dict):
     raise ValueError(f"metrics must be a dict, got {type(metrics).__name__}")
   path = os.fspath(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   record = {"format": FORMAT, "metrics": metrics, "predictions": predictions}
+  if info is not None:
+    record["info"] = info
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(record, f, default=_plain, indent=1, ensure_ascii=False)

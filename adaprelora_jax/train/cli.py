@@ -23,6 +23,8 @@ examples:
       --eval-file ../shared/data/e2e/testset_w_refs.csv --eval-rows 200 --eval-every 10
   adaprelora-finetune --config gpt2_medium_e2e --model-path gpt2-medium/ \\
       --train-file e2e/trainset.csv --mesh fsdp=2,tensor=4 --output-dir runs/medium
+  adaprelora-finetune --config gpt2_e2e_tiny --output-dir runs/e2e --eval-only \\
+      --eval-file ../shared/data/e2e/testset_w_refs.csv --eval-rows 200
 
 Run the same command again to resume from OUTPUT_DIR/checkpoints (only --max-steps,
 --checkpoint-every and the evaluation settings may change). Multi-host: start one process
@@ -67,6 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
                  help="evaluate on the first N rows of --eval-file only")
   p.add_argument("--eval-every", type=int, metavar="N",
                  help="evaluate every N steps (and always at the end)")
+  p.add_argument("--eval-only", action="store_true",
+                 help="evaluate without training: the newest checkpoint in OUTPUT_DIR (the "
+                      "same flags as its training run), or the PEFT adapter of --adapter; "
+                      "writes OUTPUT_DIR/results/<task>_<split>_<label>.json")
+  p.add_argument("--adapter", metavar="DIR",
+                 help="with --eval-only: a PEFT adapter folder to evaluate on the config's "
+                      "base model (e.g. OUTPUT_DIR/adapter)")
+  p.add_argument("--task-eval", action=argparse.BooleanOptionalAction, default=None,
+                 help="evaluate the eval split on its task metrics (E2E: BLEU, NIST, METEOR, "
+                      "ROUGE-L, CIDEr by beam search) at the end of the run (default: on "
+                      "when there is an eval split)")
+  p.add_argument("--num-beams", type=int, metavar="N",
+                 help="generation tasks: beams (default: E2E 10, GSM8K 1 = greedy)")
+  p.add_argument("--max-new-tokens", type=int, metavar="N",
+                 help="generation tasks: the most tokens generated per example")
   p.add_argument("--model-path", metavar="DIR",
                  help="local Hugging Face checkpoint folder of the base model (default: the "
                       "config's base; gpt2_e2e_tiny and demo use the package base)")
@@ -92,7 +109,9 @@ _FIELDS = {"learning_rate": "learning_rate", "max_steps": "max_steps",
            "batch_size": "batch_size", "grad_accum": "grad_accum", "schedule": "schedule",
            "warmup_steps": "warmup_steps", "seed": "seed", "train_file": "train_file",
            "eval_file": "eval_file", "eval_rows": "eval_rows", "eval_every": "eval_every",
-           "mesh": "mesh", "checkpoint_every": "checkpoint_every", "base_steps": "base_steps"}
+           "mesh": "mesh", "checkpoint_every": "checkpoint_every", "base_steps": "base_steps",
+           "task_eval": "task_eval", "num_beams": "num_beams",
+           "max_new_tokens": "max_new_tokens"}
 
 
 def make_config(args: argparse.Namespace, *, demo: bool) -> config_lib.TrainConfig:
@@ -128,6 +147,9 @@ def run(argv: list[str] | None = None) -> int:
   from adaprelora_jax.train.loop import train  # noqa: PLC0415 (after distributed start-up)
 
   progress = not args.no_progress
+  if demo and args.eval_only:
+    raise config_lib.ConfigError("--eval-only needs a config with an evaluation split "
+                                 "(e.g. --config gpt2_e2e_tiny --eval-file ...), not the demo")
   if demo:
     from adaprelora_jax.train.demo import DEMO_OPTIMIZERS, run_demo  # noqa: PLC0415
 
@@ -139,6 +161,13 @@ def run(argv: list[str] | None = None) -> int:
     return 0
   if not args.output_dir:
     raise config_lib.ConfigError(f"--output-dir is required for --config {args.config}")
+  if args.adapter is not None and not args.eval_only:
+    raise config_lib.ConfigError("--adapter is for --eval-only (evaluating a saved adapter)")
+  if args.eval_only:
+    from adaprelora_jax.train.eval_run import evaluate_saved  # noqa: PLC0415
+
+    evaluate_saved(config, args.output_dir, adapter=args.adapter, progress=progress)
+    return 0
   result = train(config, args.output_dir, resume=args.resume, progress=progress)
   if result.adapter_dir is not None:
     print(f"adapter: {result.adapter_dir}")

@@ -126,6 +126,29 @@ class OptimConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """Task evaluation (metrics + saved predictions) at the end of a run and by
+  `--eval-only`; see `adaprelora_jax.train.evaluate`. None: the task's default."""
+
+  # Evaluate the eval split on its task metrics at the end of a run.
+  task_eval: bool = True
+  # Generation tasks: beams (E2E default 10, GSM8K default 1 = greedy).
+  num_beams: int | None = None
+  # Generation tasks: the most tokens generated per example (E2E 64, GSM8K 256).
+  max_new_tokens: int | None = None
+  # Prompts (generation) or rows (classification, multiple choice) per forward call.
+  eval_batch_size: int = 16
+
+  def __post_init__(self):
+    _check(self.num_beams is None or self.num_beams >= 1,
+           f"num_beams must be >= 1, got {self.num_beams}")
+    _check(self.max_new_tokens is None or self.max_new_tokens >= 1,
+           f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    _check(self.eval_batch_size >= 1,
+           f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """One fine-tuning run: model, adapter, data, optimization and loop settings."""
 
@@ -137,6 +160,7 @@ class TrainConfig:
                                        target_modules=("c_attn", "c_proj", "c_fc"))
   data: DataConfig = DataConfig()
   optim: OptimConfig = OptimConfig()
+  evaluation: EvalConfig = EvalConfig()
   # Optimizer steps to run in total (a resumed run may change it).
   max_steps: int = 100
   # Examples per micro-batch, over all hosts and devices.
@@ -174,9 +198,10 @@ class TrainConfig:
     return self.batch_size * self.grad_accum
 
   def replace(self, **changes) -> TrainConfig:
-    """A copy with fields replaced; `data`, `optim` and `model` fields may be given by
-    their own names (`learning_rate=...`, `train_file=...`, `compute_dtype=...`)."""
-    groups = {"data": DataConfig, "optim": OptimConfig, "model": ModelSpec}
+    """A copy with fields replaced; `data`, `optim`, `model` and `evaluation` fields may
+    be given by their own names (`learning_rate=...`, `train_file=...`, `num_beams=...`)."""
+    groups = {"data": DataConfig, "optim": OptimConfig, "model": ModelSpec,
+              "evaluation": EvalConfig}
     nested: dict[str, dict[str, Any]] = {g: {} for g in groups}
     top = {}
     for key, value in changes.items():
@@ -202,7 +227,8 @@ class TrainConfig:
 # Fields a resumed run may change; any other difference makes it a different run.
 RESUMABLE_CHANGES = ("max_steps", "checkpoint_every", "keep_checkpoints", "eval_every",
                      "log_every", "mesh", "data.eval_file", "data.eval_rows",
-                     "data.generated_eval")
+                     "data.generated_eval", "evaluation.task_eval", "evaluation.num_beams",
+                     "evaluation.max_new_tokens", "evaluation.eval_batch_size")
 
 
 def run_identity(config: TrainConfig) -> dict[str, Any]:
@@ -246,6 +272,8 @@ def gpt2_e2e_tiny() -> TrainConfig:
       data=DataConfig(kind="e2e_csv", seq_len=512),
       optim=OptimConfig(optimizer="adaprelora", learning_rate=1e-3, schedule="cosine",
                         warmup_steps=2),
+      # Byte tokens: an E2E sentence is ~110 of them (the recipe's 64 are GPT-2 tokens).
+      evaluation=EvalConfig(max_new_tokens=160),
       max_steps=20, batch_size=8, checkpoint_every=10)
 
 

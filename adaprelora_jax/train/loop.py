@@ -31,6 +31,7 @@ from adaprelora_jax.train import data as data_lib
 from adaprelora_jax.train import sharding, synthetic
 from adaprelora_jax.train.checkpoints import Checkpoints, TrainState
 from adaprelora_jax.train.config import PACKAGE_BASE, ConfigError, TrainConfig, run_identity
+from adaprelora_jax.train.eval_run import evaluate_run
 from adaprelora_jax.train.export import save_hf_checkpoint
 from adaprelora_jax.train.metrics import MetricsLogger
 from adaprelora_jax.train.optim import make_optimizer, make_schedule
@@ -69,6 +70,8 @@ class TrainResult:
   # The final trainable parameters, as host NumPy arrays.
   params: Any
   seconds: float
+  # The task evaluation of the end of the run (metrics, predictions, results file), if any.
+  task_results: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,9 +315,12 @@ def _run(config, output_dir, split, state, optimizer, schedule, mesh, run_data, 
     say(f"eval_loss {eval_losses[-1][1]:.4f} at step {step}")
   host_params = sharding.to_host(params)
   adapter_dir, base_dir = _export(config, output_dir, split, host_params, lead)
+  task_results = evaluate_run(config, output_dir, split.merge(params), label=f"step{step}",
+                              mesh=mesh, print_fn=say)
   return TrainResult(output_dir=output_dir, step=step, start_step=start_step, losses=losses,
                      eval_losses=eval_losses, adapter_dir=adapter_dir, base_dir=base_dir,
-                     params=host_params, seconds=time.time() - started)
+                     params=host_params, seconds=time.time() - started,
+                     task_results=task_results)
 
 
 def _export(config, output_dir, split, host_params, lead) -> tuple[Path | None, Path | None]:

@@ -1,0 +1,178 @@
+"""Task evaluation of a run: at the end of training, and of a saved run or adapter
+(`adaprelora-finetune --eval-only`).
+
+Both evaluate the run's evaluation split (today the E2E `--eval-file`, its first
+`--eval-rows` rows) with `evaluate.evaluate_task` and write
+`OUTPUT_DIR/results/<task>_<split>_<label>.json`, the label `step<N>` for a checkpoint
+(or the end of a run) and `adapter` for a PEFT adapter folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from adaprelora_jax.data import DataError, TaskData, TextExample
+from adaprelora_jax.train import data as data_lib
+from adaprelora_jax.train import sharding
+from adaprelora_jax.train.config import ConfigError, TrainConfig, run_identity
+from adaprelora_jax.train.evaluate import TaskResults, evaluate_task
+
+
+def e2e_task_data(path: str | Path, *, split: str = "test",
+                  max_rows: int | None = None) -> TaskData:
+  """The first `max_rows` rows of an E2E CSV as `TextExample`s: prompt `render_mr(mr)`,
+  target the reference, `references` every reference of the MR among the rows read,
+  `key` the MR. Rows with an empty field or a malformed MR are counted in `skipped`."""
+  file = Path(path)
+  if not file.is_file():
+    raise DataError(f"{file}: no such file")
+  rows, skipped, read = [], {}, 0
+  with file.open(newline="", encoding="utf-8") as f:
+    reader = csv.DictReader(f)
+    if not {"mr", "ref"} <= set(reader.fieldnames or []):
+      raise DataError(f"{file}: an E2E CSV needs the columns 'mr' and 'ref'; found "
+                      f"{reader.fieldnames}")
+    for row in reader:
+      if max_rows is not None and read >= max_rows:
+        break
+      read += 1
+      mr, ref = (row.get("mr") or "").strip(), (row.get("ref") or "").strip()
+      try:
+        if not ref:
+          raise ValueError("empty reference")
+        rows.append((mr, data_lib.render_mr(mr), ref))
+      except ValueError as e:
+        why = "empty reference" if "reference" in str(e) else "malformed mr"
+        skipped[why] = skipped.get(why, 0) + 1
+  if not rows:
+    raise DataError(f"{file}: no usable row ({read} rows read)")
+  refs: dict[str, list[str]] = {}
+  for mr, _, ref in rows:
+    refs.setdefault(mr, []).append(ref)
+  examples = tuple(TextExample(prompt, ref, tuple(refs[mr]), mr) for mr, prompt, ref in rows)
+  return TaskData("e2e", split, str(file), examples, read, skipped)
+
+
+def eval_task_data(config: TrainConfig) -> TaskData | None:
+  """The evaluation split of `config` as records (None: the run has none)."""
+  d = config.data
+  if d.kind == "e2e_csv" and d.eval_file:
+    try:
+      return e2e_task_data(d.eval_file, max_rows=d.eval_rows)
+    except DataError as e:
+      raise ConfigError(str(e)) from e
+  return None
+
+
+def evaluate_run(config: TrainConfig, output_dir: str | Path, model: nnx.Module, *, label: str,
+                 mesh, data: TaskData | None = None, tokenizer=None, class_logits=None,
+                 lm_logits=None, print_fn: Callable[[str], None] = print,
+                 required: bool = False) -> TaskResults | None:
+  """Evaluates `model` on the run's evaluation split (or `data`) and writes the results
+  file (process 0). None when task evaluation is off or there is no evaluation split
+  (a ConfigError instead when `required`)."""
+  if not config.evaluation.task_eval and not required:
+    return None
+  data = eval_task_data(config) if data is None else data
+  if data is None:
+    if required:
+      raise ConfigError("nothing to evaluate on: this config has no evaluation split; pass "
+                        "--eval-file")
+    return None
+  tokenizer = data_lib.ByteTokenizer() if tokenizer is None else tokenizer
+  model.eval()  # adapters' dropout off
+  with jax.set_mesh(mesh):
+    results = evaluate_task(data, tokenizer, model=model, class_logits=class_logits,
+                            lm_logits=lm_logits, settings=config.evaluation,
+                            seq_len=config.data.seq_len)
+  results = dataclasses.replace(results, info=dict(results.info, label=label,
+                                                   config=config.name))
+  if jax.process_index() == 0:
+    results = results.save(output_dir, label)
+    print_fn(f"{results.summary()}; written to {results.path}")
+  return results
+
+
+def evaluate_saved(config: TrainConfig, output_dir: str | Path, *, adapter: str | Path | None = None,
+                   devices=None, print_fn: Callable[[str], None] = print,
+                   progress: bool = False) -> TaskResults:
+  """`--eval-only`: evaluates the newest restorable checkpoint of `output_dir` (a run of
+  `config`), or the PEFT adapter folder `adapter` on `config`'s base model, without
+  training. ConfigError when there is nothing to evaluate."""
+  from adaprelora_jax.lora import read_peft_config  # noqa: PLC0415
+  from adaprelora_jax.train.loop import load_model  # noqa: PLC0415 (import cycle)
+
+  output_dir = Path(output_dir)
+  data = eval_task_data(config)
+  if data is None:
+    raise ConfigError(f"nothing to evaluate on: config {config.name!r} has no evaluation split; "
+                      "pass --eval-file")
+  mesh = sharding.build_mesh(config.mesh, devices)
+  if adapter is not None:
+    folder = Path(adapter)
+    if not (folder / "adapter_config.json").is_file():
+      raise ConfigError(f"--adapter {folder}: not a PEFT adapter folder (no adapter_config.json)")
+    try:
+      lora = read_peft_config(folder)
+    except ValueError as e:
+      raise ConfigError(f"--adapter {folder}: {e}") from e
+    model = load_model(config.replace(lora=lora), mesh, print_fn=print_fn, progress=progress)
+    from adaprelora_jax.lora import load_peft_adapter  # noqa: PLC0415
+
+    with jax.set_mesh(mesh):
+      try:
+        load_peft_adapter(model, folder)
+      except ValueError as e:
+        raise ConfigError(f"--adapter {folder}: {e}") from e
+    label = "adapter"
+  else:
+    model, step = _restore_latest(config, output_dir, mesh, print_fn=print_fn,
+                                  progress=progress)
+    label = f"step{step}"
+  return evaluate_run(config, output_dir, model, label=label, mesh=mesh, data=data,
+                      print_fn=print_fn, required=True)
+
+
+def _restore_latest(config: TrainConfig, output_dir: Path, mesh, *, print_fn, progress):
+  """The model of the newest restorable checkpoint in `output_dir/checkpoints`."""
+  from adaprelora_jax.train.checkpoints import Checkpoints, TrainState  # noqa: PLC0415
+  from adaprelora_jax.train.loop import load_model  # noqa: PLC0415
+  from adaprelora_jax.train.optim import make_optimizer  # noqa: PLC0415
+  from adaprelora_jax.train.step import split_model  # noqa: PLC0415
+
+  directory = output_dir / "checkpoints"
+  if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
+    raise ConfigError(f"nothing to evaluate: {directory} holds no checkpoint. Train first (the "
+                      "same command without --eval-only), or pass --adapter DIR")
+  checkpoints = Checkpoints(directory, keep=config.keep_checkpoints,
+                            identity=run_identity(config))
+  try:
+    checkpoints.check_identity()
+    model = load_model(config, mesh, print_fn=print_fn, progress=progress)
+    trainable = nnx.LoRAParam if config.lora is not None else nnx.Param
+    split, params = split_model(model, trainable)
+    optimizer = make_optimizer(config.optim, params, max_steps=config.max_steps,
+                               lora_scale=_scale(split, params, config))
+    with jax.set_mesh(mesh):
+      opt_state = jax.jit(optimizer.init)(params)
+    restored = checkpoints.restore_latest(TrainState(0, params, opt_state,
+                                                     jax.random.key(config.seed)))
+  finally:
+    checkpoints.close()
+  if restored is None:
+    raise ConfigError(f"nothing to evaluate: no checkpoint in {directory} could be restored")
+  print_fn(f"evaluating {directory / str(restored.step)}")
+  with jax.set_mesh(mesh):
+    return split.merge(restored.params), restored.step
+
+
+def _scale(split, params, config: TrainConfig) -> float:
+  from adaprelora_jax.lora import lora_scale_of  # noqa: PLC0415
+
+  return lora_scale_of(split.merge(params)) if config.lora is not None else 1.0
