@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -355,17 +356,13 @@ def evaluate_multiple_choice(lm_logits: Logits, tokenizer, data: TaskData, *, se
   (`target_log_likelihoods` of `lm_logits`) and their count; `acc` and `acc_norm`."""
   examples = _check_examples(data, ChoiceExample)
   rows = choice_rows(tokenizer, examples, seq_len)
-
-  def scores(tokens, mask):
-    return lm_logits(tokens, mask)
-
   n = len(rows.tokens)
   batch = min(batch_size, n)
   lls = []
   for start in range(0, n, batch):
     idx = np.arange(start, start + batch)
     idx = np.where(idx < n, idx, 0)
-    logits = scores(jnp.asarray(rows.tokens[idx]), jnp.asarray(rows.attention[idx]))
+    logits = lm_logits(jnp.asarray(rows.tokens[idx]), jnp.asarray(rows.attention[idx]))
     if logits.ndim != 3 or logits.shape[:2] != rows.tokens[idx].shape:
       raise ValueError(f"lm_logits must return (batch, seq, vocab), got {logits.shape}")
     lls.append(np.asarray(ev.target_log_likelihoods(
@@ -383,6 +380,19 @@ def evaluate_multiple_choice(lm_logits: Logits, tokenizer, data: TaskData, *, se
                truncated=rows.truncated, seq_len=int(rows.tokens.shape[1]))
   return TaskResults(data.task, data.split, metrics_from_predictions(data.task, predictions),
                      predictions, info)
+
+
+def model_lm_logits(model) -> Logits:
+  """`lm_logits` of a causal LM: `model(tokens, attention_mask)`, jitted once."""
+  from flax import nnx  # noqa: PLC0415
+
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def forward(state, tokens, mask):
+    return nnx.merge(graphdef, state)(tokens, attention_mask=mask)
+
+  return lambda tokens, mask: forward(state, tokens, mask)
 
 
 def evaluate_task(data: TaskData, tokenizer, *, model=None, class_logits: Logits | None = None,
@@ -404,6 +414,6 @@ def evaluate_task(data: TaskData, tokenizer, *, model=None, class_logits: Logits
   if lm_logits is None and model is None:
     raise ConfigError(f"{data.task}: multiple choice needs lm_logits or the model")
   if lm_logits is None:
-    lm_logits = model
+    lm_logits = model_lm_logits(model)
   return evaluate_multiple_choice(lm_logits, tokenizer, data, seq_len=seq_len,
                                   batch_size=settings.eval_batch_size)
