@@ -220,23 +220,25 @@ def read_dataset(name: str, config: str | None, split: str, max_rows: int | None
 
 def read_rows(source: str | os.PathLike, split: str = "train", *, config: str | None = None,
               aliases: Sequence[str] = (), max_rows: int | None = None,
-              backend: str = "auto") -> Rows:
+              backend: str = "auto", dataset_options: Mapping[str, Any] | None = None) -> Rows:
   """The rows of `split` from a file, a folder or a dataset name (see the module doc).
 
   `backend="auto"` reads an existing path itself and sends other names to `datasets`;
   `"datasets"` sends every source to `datasets.load_dataset` (a hub snapshot folder with
-  its README's configs); `"local"` never uses `datasets`.
+  its README's configs); `"local"` never uses `datasets`. `dataset_options` go to
+  `datasets.load_dataset` (`cache_dir`, `revision`, `data_files`, ...).
   """
   if backend not in ("auto", "local", "datasets"):
     raise ValueError(f"backend must be 'auto', 'local' or 'datasets', not {backend!r}")
   text = os.fspath(source)
   path = Path(text).expanduser()
+  options = dict(dataset_options or {})
   if backend == "datasets":
-    return read_dataset(text, config, split, max_rows)
+    return read_dataset(text, config, split, max_rows, **options)
   if path.is_file():
     return read_file(path, max_rows)
   if path.is_dir():
     return read_files(find_split(path, split, config=config, aliases=aliases), max_rows)
   if backend == "local" or looks_local(text):
     raise DataError(f"{text}: no such file or folder")
-  return read_dataset(text, config, split, max_rows)
+  return read_dataset(text, config, split, max_rows, **options)

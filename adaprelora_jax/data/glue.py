@@ -31,14 +31,14 @@ from adaprelora_jax.data.spec import SkipRow, TaskSpec, text
 
 # Task -> ((field, title), ...), label names in index order.
 _TASKS: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
-    "sst2": ((("sentence", "Sentence"),), ("negative", "positive")),
-    "cola": ((("sentence", "Sentence"),), ("unacceptable", "acceptable")),
-    "mrpc": ((("sentence1", "Sentence 1"), ("sentence2", "Sentence 2")),
-             ("not_equivalent", "equivalent")),
-    "qnli": ((("question", "Question"), ("sentence", "Sentence")),
-             ("entailment", "not_entailment")),
     "mnli": ((("premise", "Premise"), ("hypothesis", "Hypothesis")),
              ("entailment", "neutral", "contradiction")),
+    "sst2": ((("sentence", "Sentence"),), ("negative", "positive")),
+    "cola": ((("sentence", "Sentence"),), ("unacceptable", "acceptable")),
+    "qnli": ((("question", "Question"), ("sentence", "Sentence")),
+             ("entailment", "not_entailment")),
+    "mrpc": ((("sentence1", "Sentence 1"), ("sentence2", "Sentence 2")),
+             ("not_equivalent", "equivalent")),
 }
 
 

@@ -78,7 +78,8 @@ def examples_from_rows(spec: TaskSpec, rows: Rows, split: str) -> TaskData:
 
 
 def load_task(task: str, source: str | os.PathLike, split: str = "train", *,
-              max_rows: int | None = None, backend: str = "auto") -> TaskData:
+              max_rows: int | None = None, backend: str = "auto",
+              dataset_options: Mapping[str, Any] | None = None) -> TaskData:
   """One split of a task as records.
 
   Args:
@@ -93,6 +94,8 @@ def load_task(task: str, source: str | os.PathLike, split: str = "train", *,
     max_rows: read at most this many rows (None: all).
     backend: "auto" (local paths read here, other names through `datasets`), "local", or
       "datasets" (every source through `datasets.load_dataset`, e.g. a hub snapshot folder).
+    dataset_options: passed to `datasets.load_dataset` (`cache_dir`, `revision`,
+      `data_files`, ...).
 
   Returns:
     TaskData: the usable examples in file order, and the skipped rows counted by reason.
@@ -106,5 +109,5 @@ def load_task(task: str, source: str | os.PathLike, split: str = "train", *,
     raise ValueError(f"max_rows must be positive or None, not {max_rows}")
   rows = read_rows(source, split, config=spec.hf_config,
                    aliases=spec.split_aliases.get(split, ()), max_rows=max_rows,
-                   backend=backend)
+                   backend=backend, dataset_options=dataset_options)
   return examples_from_rows(spec, rows, split)
