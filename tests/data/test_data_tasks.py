@@ -133,11 +133,19 @@ def test_arc_fields_prompt_and_bad_rows(tmp_path, task):
     load_task(task, jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "A"}]))
 
 
-def test_arc_configs_are_subfolders(tmp_path):
+def test_arc_configs_are_subfolders_and_parquet_structs(tmp_path):
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+
   jsonl(tmp_path / "ARC-Challenge" / "test.jsonl", [ARC_ROW])
-  jsonl(tmp_path / "ARC-Easy" / "test.jsonl", [ARC_ROW] * 2)
-  assert len(load_task("arc/challenge", tmp_path, "test").examples) == 1
-  assert len(load_task("arc/easy", tmp_path, "test").examples) == 2
+  # The hub's Parquet: `choices` a struct of two string lists.
+  (tmp_path / "ARC-Easy").mkdir()
+  pq.write_table(pa.Table.from_pylist([ARC_ROW] * 2),
+                 tmp_path / "ARC-Easy" / "test-00000-of-00001.parquet")
+  challenge = load_task("arc/challenge", tmp_path, "test")
+  easy = load_task("arc/easy", tmp_path, "test")
+  assert challenge.examples == easy.examples[:1] and len(easy.examples) == 2
+  assert easy.examples[0] == ChoiceExample(ARC_PROMPT, (" wood", " iron", " glass", " salt"), 1)
 
 
 def test_gsm8k_prompt_target_answer_and_bad_rows(tmp_path):
