@@ -8,8 +8,9 @@ rows read, in file order; `key` is the MR as written.
 
 >>> render_mr("name[The Eagle], eatType[pub], near[Burger King]")
 'name: The Eagle; eatType: pub; near: Burger King\\n'
->>> SPEC.parse({"mr": "name[Zizzi], food[Fast food]", "ref": " Zizzi sells fast food. "})
-TextExample(prompt='name: Zizzi; food: Fast food\\n', target='Zizzi sells fast food.', references=(), key='name[Zizzi], food[Fast food]')
+>>> ex = SPEC.parse({"mr": "name[Zizzi], food[Fast food]", "ref": " Zizzi sells fast food. "})
+>>> ex.prompt, ex.target, ex.key
+('name: Zizzi; food: Fast food\\n', 'Zizzi sells fast food.', 'name[Zizzi], food[Fast food]')
 """
 
 from __future__ import annotations

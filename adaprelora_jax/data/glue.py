@@ -3,13 +3,14 @@
 Fields (Hugging Face `nyu-mll/glue`; `idx` is ignored), label names in HF's index order,
 and the pinned rendering: one `Title: text` line per field, then `Label:`.
 
-| task | fields | label names | prompt |
-|---|---|---|---|
-| sst2 | sentence, label | negative, positive | `Sentence: {sentence}\\nLabel:` |
-| cola | sentence, label | unacceptable, acceptable | `Sentence: {sentence}\\nLabel:` |
-| mrpc | sentence1, sentence2, label | not_equivalent, equivalent | `Sentence 1: {sentence1}\\nSentence 2: {sentence2}\\nLabel:` |
-| qnli | question, sentence, label | entailment, not_entailment | `Question: {question}\\nSentence: {sentence}\\nLabel:` |
-| mnli | premise, hypothesis, label | entailment, neutral, contradiction | `Premise: {premise}\\nHypothesis: {hypothesis}\\nLabel:` |
+- sst2 (sentence; negative, positive): `Sentence: {sentence}\\nLabel:`
+- cola (sentence; unacceptable, acceptable): `Sentence: {sentence}\\nLabel:`
+- mrpc (sentence1, sentence2; not_equivalent, equivalent):
+  `Sentence 1: {sentence1}\\nSentence 2: {sentence2}\\nLabel:`
+- qnli (question, sentence; entailment, not_entailment):
+  `Question: {question}\\nSentence: {sentence}\\nLabel:`
+- mnli (premise, hypothesis; entailment, neutral, contradiction):
+  `Premise: {premise}\\nHypothesis: {hypothesis}\\nLabel:`
 
 `label` is an integer (or an integer string, as in CSV, or a label name); -1 marks an
 unlabeled test row, which is skipped and counted, as are labels that are not integers or

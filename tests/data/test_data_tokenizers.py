@@ -29,7 +29,8 @@ def save_bpe(folder: Path, specials: list[str], config: dict, *, bos: str | None
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
   if bos is not None:
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+        special_tokens=[(bos, tok.token_to_id(bos))])
   folder.mkdir(parents=True)
   tok.save(str(folder / "tokenizer.json"))
   config = {"tokenizer_class": "PreTrainedTokenizerFast", **config}
@@ -55,10 +56,11 @@ def test_a_local_folder_matches_transformers(tmp_path, style):
     folder = save_bpe(tmp_path / "tok", ["<|endoftext|>"],
                       {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"})
   else:
+    # An end token written as an object, as older tokenizer_config.json files do.
+    eos = {"__type": "AddedToken", "content": "</s>", "lstrip": False, "rstrip": False,
+           "normalized": False, "single_word": False}
     folder = save_bpe(tmp_path / "tok", ["<unk>", "<s>", "</s>", "<pad>"],
-                      {"bos_token": "<s>", "eos_token": {"__type": "AddedToken", "content": "</s>", "lstrip": False,
-                                     "rstrip": False, "normalized": False, "single_word": False},
-                       "pad_token": "<pad>"}, bos="<s>")
+                      {"bos_token": "<s>", "eos_token": eos, "pad_token": "<pad>"}, bos="<s>")
   ours = load_tokenizer(folder)
   theirs = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
   assert isinstance(ours, HFTokenizer)
