@@ -1,7 +1,8 @@
 """E2E NLG: a meaning representation (MR) and one human reference per row.
 
 Fields: `mr`, `ref` (the official CSVs), or `meaning_representation`,
-`human_reference` (the Hugging Face `e2e_nlg` export). The pinned rendering: the MR
+`human_reference` (the Hugging Face `tuetschek/e2e_nlg` export), or
+`meaning_representation`, `target` (`GEM/e2e_nlg`). The pinned rendering: the MR
 `name[The Eagle], eatType[pub]` is the prompt `name: The Eagle; eatType: pub\\n`; the
 target is the reference (stripped); `references` are all references of that MR among the
 rows read, in file order; `key` is the MR as written.
@@ -61,9 +62,10 @@ def _gather_references(examples: Sequence[TextExample]) -> list[TextExample]:
 
 SPEC = TaskSpec(
     name="e2e",
-    field_sets=(("mr", "ref"), ("meaning_representation", "human_reference")),
+    field_sets=(("mr", "ref"), ("meaning_representation", "human_reference"),
+                ("meaning_representation", "target")),
     parse=_parse,
-    hf_dataset="GEM/e2e_nlg",
+    hf_dataset="tuetschek/e2e_nlg",
     split_aliases={"train": ("trainset",), "validation": ("devset",),
                    "test": ("testset_w_refs",)},
     finish=_gather_references,

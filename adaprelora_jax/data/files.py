@@ -63,7 +63,7 @@ def _fields(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = ()) -> t
 
 def _read_json(file: Path, max_rows: int | None) -> tuple[list[dict[str, Any]], int]:
   """A JSON list of objects, or JSON lines; returns the rows and the unreadable lines."""
-  with file.open(encoding="utf-8") as f:
+  with file.open(encoding="utf-8-sig") as f:
     head = f.read(4096).lstrip()
     f.seek(0)
     if head.startswith("["):
@@ -93,7 +93,7 @@ def _read_json(file: Path, max_rows: int | None) -> tuple[list[dict[str, Any]], 
 
 
 def _read_csv(file: Path, max_rows: int | None) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
-  with file.open(newline="", encoding="utf-8") as f:
+  with file.open(newline="", encoding="utf-8-sig") as f:
     reader = csv.DictReader(f)
     rows = []
     for row in reader:

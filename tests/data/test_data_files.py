@@ -82,10 +82,13 @@ def test_unparsable_json_lines_are_counted_not_fatal(tmp_path):
   assert got.rows == [{"a": 1}, {"b": 2}] and got.unreadable == 2 and got.fields == ("a", "b")
 
 
-def test_a_short_csv_row_lacks_its_missing_fields(tmp_path):
+def test_a_short_csv_row_lacks_its_missing_fields_and_a_bom_is_no_field(tmp_path):
   file = tmp_path / "a.csv"
-  file.write_text("question,answer\nq1,a1\nq2\n", encoding="utf-8")
+  file.write_text("\ufeffquestion,answer\nq1,a1\nq2\n", encoding="utf-8")
   assert read_rows(file).rows == [{"question": "q1", "answer": "a1"}, {"question": "q2"}]
+  file = tmp_path / "a.jsonl"
+  file.write_text('\ufeff{"question": "q1"}\n', encoding="utf-8")
+  assert read_rows(file).rows == [{"question": "q1"}]
 
 
 @pytest.mark.parametrize("name,content,match", [

@@ -197,8 +197,12 @@ def test_e2e_rows_references_and_alternative_field_names(tmp_path):
   # The Hugging Face e2e_nlg export names the fields differently.
   hf = [{"meaning_representation": r["mr"], "human_reference": r["ref"]} for r in rows]
   assert load_task("e2e", jsonl(tmp_path / "hf.jsonl", hf)).examples == data.examples
+  gem = [{"gem_id": str(i), "meaning_representation": r["mr"], "target": r["ref"]}
+         for i, r in enumerate(rows)]
+  assert load_task("e2e", jsonl(tmp_path / "gem.jsonl", gem)).examples == data.examples
   with pytest.raises(DataError, match=r"needs the fields \['mr', 'ref'\] or "
-                     r"\['meaning_representation', 'human_reference'\]; found \['mr'\]"):
+                     r"\['meaning_representation', 'human_reference'\] or "
+                     r"\['meaning_representation', 'target'\]; found \['mr'\]"):
     load_task("e2e", jsonl(tmp_path / "bad.jsonl", [{"mr": "name[A]"}]))
 
 
