@@ -316,7 +316,7 @@ def _run(config, output_dir, split, state, optimizer, schedule, mesh, run_data, 
   host_params = sharding.to_host(params)
   adapter_dir, base_dir = _export(config, output_dir, split, host_params, lead)
   task_results = evaluate_run(config, output_dir, split.merge(params), label=f"step{step}",
-                              mesh=mesh, print_fn=say)
+                              mesh=mesh, tokenizer=run_data.tokenizer, print_fn=say)
   return TrainResult(output_dir=output_dir, step=step, start_step=start_step, losses=losses,
                      eval_losses=eval_losses, adapter_dir=adapter_dir, base_dir=base_dir,
                      params=host_params, seconds=time.time() - started,

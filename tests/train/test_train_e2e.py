@@ -1,9 +1,12 @@
 """A tiny E2E fine-tune of the package base on ../shared/data/e2e, and what it leaves:
-metrics.jsonl, TensorBoard events, the evaluation loss, the PEFT adapter and the Hugging
-Face base (round trip through transformers + peft)."""
+metrics.jsonl, TensorBoard events, the evaluation loss, the task evaluation of the first
+20 MRs of the test set (beam search, the five metrics, the results file), the same
+evaluation by --eval-only from the checkpoint and from the adapter, the PEFT adapter and
+the Hugging Face base (round trip through transformers + peft)."""
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -11,11 +14,19 @@ import jax
 import numpy as np
 import pytest
 
+from adaprelora_jax.eval import read_e2e_references, read_results
 from adaprelora_jax.train import config_by_name, read_metrics, train
+from adaprelora_jax.train.config import ConfigError
+from adaprelora_jax.train.eval_run import evaluate_saved
+from adaprelora_jax.train.evaluate import metrics_from_predictions
 from adaprelora_jax.train.metrics import TENSORBOARD_DIR
 from train_helpers import BASE_STEPS
 
 STEPS = 40
+# The first 20 MRs of testset_w_refs.csv are its first 142 rows.
+EVAL_ROWS, EVAL_MRS = 142, 20
+# Generated tokens per MR (bytes: the start of a sentence; the recipe's 64 are GPT-2 tokens).
+NEW_TOKENS = 40
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +38,16 @@ def e2e_run(package_base, e2e_dir, tmp_path_factory):
   config = config_by_name(
       "gpt2_e2e_tiny", base_steps=BASE_STEPS,
       train_file=str(e2e_dir / "devset.csv"), eval_file=str(e2e_dir / "testset_w_refs.csv"),
-      eval_rows=32, eval_every=20, max_steps=STEPS, optimizer="adamw", learning_rate=1e-2,
-      warmup_steps=3, checkpoint_every=20)
+      eval_rows=EVAL_ROWS, eval_every=20, max_steps=STEPS, optimizer="adamw",
+      learning_rate=1e-2, warmup_steps=3, checkpoint_every=20, max_new_tokens=NEW_TOKENS,
+      eval_batch_size=EVAL_MRS)
   result = train(config, out, devices=jax.devices()[:2], progress=False,
                  print_fn=lambda _: None)
-  return result
+  return config, result
 
 
 def test_loss_falls_and_metrics_are_written(e2e_run):
+  _, e2e_run = e2e_run
   records = read_metrics(e2e_run.output_dir)
   steps = [r for r in records if "loss" in r]
   assert [r["step"] for r in steps] == list(range(1, STEPS + 1))
@@ -66,6 +79,7 @@ def _tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_tensorboard_logs_read_back(e2e_run):
+  _, e2e_run = e2e_run
   scalars = _tensorboard_scalars(e2e_run.output_dir / TENSORBOARD_DIR)
   loss = dict(scalars["loss"])
   metrics = {r["step"]: r["loss"] for r in read_metrics(e2e_run.output_dir) if "loss" in r}
@@ -78,6 +92,7 @@ def test_tensorboard_logs_read_back(e2e_run):
 
 def test_peft_round_trip_of_base_and_adapter(e2e_run):
   """transformers + peft on OUTPUT_DIR/base and OUTPUT_DIR/adapter give our logits."""
+  _, e2e_run = e2e_run
   import peft
   import torch
   import transformers
@@ -100,3 +115,48 @@ def test_peft_round_trip_of_base_and_adapter(e2e_run):
   with torch.no_grad(), model.disable_adapter():
     plain = model(torch.tensor(ids)).logits.numpy()
   assert np.abs(plain - theirs).max() > 1e-3
+
+
+def test_end_of_run_evaluates_the_first_20_mrs_by_beam_search(e2e_run, e2e_dir):
+  """One hypothesis per MR, all five metrics in range, the results file recomputes."""
+  _, run = e2e_run
+  path = run.output_dir / "results" / f"e2e_test_step{STEPS}.json"
+  assert run.task_results is not None and run.task_results.path == path
+  metrics, predictions = read_results(path)
+  mrs, references = read_e2e_references(e2e_dir / "testset_w_refs.csv")
+  assert len(predictions) == EVAL_MRS
+  assert [p["mr"] for p in predictions] == mrs[:EVAL_MRS]
+  assert [p["references"] for p in predictions] == references[:EVAL_MRS]
+  assert all(p["prediction"].strip() for p in predictions)
+  scores = {k: v["score"] for k, v in metrics.items()}
+  assert set(scores) == {"BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"}
+  for name in ("BLEU", "METEOR", "ROUGE_L"):
+    assert 0.0 <= scores[name] <= 1.0, scores
+  # 40 steps of a byte-level tiny model: low scores, but some overlap with the references.
+  assert scores["ROUGE_L"] > 0.02 and scores["NIST"] > 0 and 0 <= scores["CIDEr"] < 10, scores
+  assert all(v["implementation"] for v in metrics.values())
+  assert metrics_from_predictions("e2e", predictions) == metrics
+  info = json.loads(path.read_text())["info"]
+  assert info["generation"]["num_beams"] == 10 and info["generation"]["length_penalty"] == 0.8
+  assert info["generation"]["no_repeat_ngram_size"] == 4
+  assert info["rows_read"] == EVAL_ROWS and info["evaluated"] == EVAL_MRS
+
+
+def test_eval_only_from_checkpoint_and_adapter_reproduces_the_run(e2e_run, tmp_path):
+  """--eval-only restores the newest checkpoint (or loads the exported adapter onto the
+  base) and generates exactly what the end of the run generated."""
+  config, run = e2e_run
+  _, want = read_results(run.task_results.path)
+  quiet = lambda _: None  # noqa: E731
+  devices = jax.devices()[:2]
+  from_checkpoint = evaluate_saved(config, run.output_dir, devices=devices, print_fn=quiet)
+  assert from_checkpoint.path == run.task_results.path  # step40, rewritten
+  from_adapter = evaluate_saved(config, tmp_path, adapter=run.output_dir / "adapter",
+                                devices=devices, print_fn=quiet)
+  assert from_adapter.path == tmp_path / "results" / "e2e_test_adapter.json"
+  for results in (from_checkpoint, from_adapter):
+    assert [p["prediction"] for p in results.predictions] == [p["prediction"] for p in want]
+  with pytest.raises(ConfigError, match="holds no checkpoint"):
+    evaluate_saved(config, tmp_path / "empty", devices=devices, print_fn=quiet)
+  with pytest.raises(ConfigError, match="not a PEFT adapter folder"):
+    evaluate_saved(config, tmp_path, adapter=tmp_path, devices=devices, print_fn=quiet)
