@@ -20,7 +20,8 @@ from train_helpers import BASE_STEPS, REPO, run_command
 FLAGS = ("--config", "--output-dir", "--optimizer", "--learning-rate", "--max-steps",
          "--batch-size", "--grad-accum", "--schedule", "--warmup-steps", "--seed",
          "--train-file", "--eval-file", "--eval-every", "--model-path", "--mesh",
-         "--checkpoint-every", "--resume", "--no-resume")
+         "--checkpoint-every", "--resume", "--no-resume", "--eval-only", "--adapter",
+         "--task-eval", "--num-beams", "--max-new-tokens")
 
 
 def test_help_explains_every_flag():
@@ -60,6 +61,13 @@ def bad_runs(tmp_path_factory, e2e_dir):
       "different run": ("holds checkpoints of a different run",
                         (*tiny, str(other_run), *train)),
       "mesh": ("needs 3 devices", (*tiny, str(root / "e"), *train, "--mesh", "fsdp=3")),
+      "eval-only without checkpoint": ("holds no checkpoint", (
+          *tiny, str(root / "f"), "--eval-only", "--eval-file",
+          str(e2e_dir / "testset_w_refs.csv"))),
+      "eval-only without eval split": ("nothing to evaluate on", (
+          *tiny, str(root / "g"), "--eval-only")),
+      "adapter without eval-only": ("--adapter is for --eval-only", (
+          *tiny, str(root / "h"), *train, "--adapter", str(root))),
   }
   env = dict(os.environ, PYTHONPATH=str(REPO))
   procs = {name: (message, subprocess.Popen(
@@ -78,7 +86,9 @@ def bad_runs(tmp_path_factory, e2e_dir):
 
 
 @pytest.mark.parametrize("case", ["unknown config", "unknown optimizer", "missing file",
-                                  "wrong columns", "no usable row", "different run", "mesh"])
+                                  "wrong columns", "no usable row", "different run", "mesh",
+                                  "eval-only without checkpoint", "eval-only without eval split",
+                                  "adapter without eval-only"])
 def test_bad_input_is_a_message_not_a_traceback(bad_runs, case):
   message, returncode, out, err = bad_runs[case]
   assert returncode == 2, (out, err)
