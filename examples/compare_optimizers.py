@@ -76,7 +76,8 @@ def main(argv=None) -> list[dict]:
     if name in rates:
       config = config.replace(learning_rate=rates[name])
     print(f"{name}: {config.max_steps} steps at learning rate {config.optim.learning_rate:g}")
-    result = train(config, output_dir / name, progress=False, print_fn=lambda _: None)
+    result = train(config, output_dir / name, progress=False, print_fn=lambda _: None,
+                   devices=gpt2_e2e.devices(args))
     rows.append({"optimizer": name, "learning_rate": config.optim.learning_rate,
                  "loss": result.losses[-1][1], "eval_loss": result.eval_losses[-1][1],
                  "metrics": {m: v["score"] for m, v in result.task_results.metrics.items()},

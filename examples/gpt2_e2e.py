@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--base-steps", type=int, default=None,
                       help="pre-training steps of the package base (first use)")
   parser.add_argument("--mesh", default=None, help="e.g. fsdp=2,tensor=4")
+  parser.add_argument("--seq-len", type=int, default=None, help="tokens per training row")
+  parser.add_argument("--devices", type=int, default=None,
+                      help="use the first N local devices (default: all devices)")
 
 
 def make_config(args: argparse.Namespace, optimizer: str):
@@ -68,7 +71,7 @@ def make_config(args: argparse.Namespace, optimizer: str):
   changes = {"optimizer": optimizer, "train_file": args.train_file,
              "eval_file": args.eval_file, "eval_rows": args.eval_rows or None}
   for name in ("learning_rate", "max_steps", "batch_size", "num_beams", "max_new_tokens",
-               "base_steps", "mesh"):
+               "base_steps", "mesh", "seq_len"):
     if getattr(args, name) is not None:
       changes[name] = getattr(args, name)
   if args.model_path is not None:
@@ -84,6 +87,13 @@ def make_config(args: argparse.Namespace, optimizer: str):
   return config
 
 
+def devices(args: argparse.Namespace):
+  """The devices of `--devices` (None: all)."""
+  import jax  # noqa: PLC0415
+
+  return None if args.devices is None else jax.local_devices()[:args.devices]
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   add_arguments(parser)
@@ -93,7 +103,7 @@ def main(argv=None) -> dict:
   config = make_config(args, args.optimizer)
   output_dir = args.output_dir or tempfile.mkdtemp(prefix="gpt2_e2e_")
   print(f"{config.name}: {config.optim.optimizer}, {config.max_steps} steps -> {output_dir}")
-  result = train(config, output_dir, progress=False)
+  result = train(config, output_dir, progress=False, devices=devices(args))
   print(f"final loss {result.losses[-1][1]:.4f}; eval loss {result.eval_losses[-1][1]:.4f}")
   scores = {name: m["score"] for name, m in result.task_results.metrics.items()}
   print(" | ".join(f"{name} {value:.4f}" for name, value in scores.items()))

@@ -23,21 +23,25 @@ def test_lora_gpt2_example_trains_only_lora_and_loss_falls():
 
 
 E2E_SMOKE = ["--model-name", "tiny-gpt2", "--max-steps", "3", "--batch-size", "4",
-             "--eval-rows", "8", "--num-beams", "2", "--max-new-tokens", "24"]
+             "--seq-len", "256", "--devices", "1", "--eval-rows", "8", "--max-new-tokens", "24"]
 
 
 def test_gpt2_e2e_example_trains_evaluates_and_exports(tmp_path):
   """A random tiny GPT-2 (the smoke-test stand-in for the package base), 3 steps."""
+  import csv
   import json
 
   import gpt2_e2e  # noqa: E402
 
   from adaprelora_jax.eval import read_results
 
-  out = gpt2_e2e.main([*E2E_SMOKE, "--optimizer", "adaprelora", "--output-dir", str(tmp_path)])
+  out = gpt2_e2e.main([*E2E_SMOKE, "--num-beams", "2", "--optimizer", "adaprelora",
+                       "--output-dir", str(tmp_path)])
   assert np.isfinite(out["loss"]) and np.isfinite(out["eval_loss"])
   metrics, predictions = read_results(out["results"])
-  assert len(predictions) == 2  # the first 8 rows hold 2 MRs
+  with open(gpt2_e2e.E2E / "testset_w_refs.csv", newline="") as f:
+    mrs = {row["mr"] for _, row in zip(range(8), csv.DictReader(f))}
+  assert len(predictions) == len(mrs)  # one generation per MR of the first 8 rows
   assert set(metrics) == {"BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"}
   assert 0.0 <= out["metrics"]["BLEU"] <= 1.0 and 0.0 <= out["metrics"]["ROUGE_L"] <= 1.0
   assert json.loads((out["results"]).read_text())["info"]["generation"]["num_beams"] == 2
@@ -47,7 +51,8 @@ def test_gpt2_e2e_example_trains_evaluates_and_exports(tmp_path):
 def test_compare_optimizers_example_prints_one_row_per_optimizer(tmp_path, capsys):
   import compare_optimizers  # noqa: E402
 
-  rows = compare_optimizers.main([*E2E_SMOKE, "--optimizers", "adaprelora,adamw",
+  rows = compare_optimizers.main([*E2E_SMOKE, "--num-beams", "1", "--optimizers",
+                                  "adaprelora,adamw",
                                   "--learning-rates", "adamw=1e-2", "--output-dir",
                                   str(tmp_path)])
   assert [r["optimizer"] for r in rows] == ["adaprelora", "adamw"]
