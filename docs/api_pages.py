@@ -1,0 +1,100 @@
+"""The API reference pages, generated from each public package's `__all__`.
+
+`write_api_pages(folder)` writes one reStructuredText page per package of `PACKAGES` into
+`folder` (docs/api/, rebuilt by every docs build, not committed): the package's docstring,
+then every name of its `__all__` through autodoc. A name added to an `__all__` is therefore
+documented by the next build without editing any page, and `check_inventory.py` checks the
+built inventory against the same `__all__` lists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+import types
+from collections.abc import Mapping
+from pathlib import Path
+
+# The public packages, in the order of the reference.
+PACKAGES = (
+    "adaprelora_jax",
+    "adaprelora_jax.lora",
+    "adaprelora_jax.models",
+    "adaprelora_jax.train",
+    "adaprelora_jax.eval",
+    "adaprelora_jax.data",
+)
+
+
+def public_names(package: str) -> tuple[str, ...]:
+  """The `__all__` of `package` (imported); a package without one is an error."""
+  module = importlib.import_module(package)
+  names = getattr(module, "__all__", None)
+  if names is None:
+    raise ValueError(f"{package} has no __all__: list its public names there")
+  return tuple(names)
+
+
+def _data_doc(package: str, name: str, obj: object) -> str:
+  """Text for a public name that is neither a class nor a function (a registry, a type
+  alias): its `#:` doc comment in the module that assigns it, else a description."""
+  from sphinx.pycode import ModuleAnalyzer  # noqa: PLC0415
+
+  root = package.split(".")[0]
+  for mod_name, mod in sorted(sys.modules.items()):
+    if not (mod_name == root or mod_name.startswith(root + ".")):
+      continue
+    if getattr(mod, name, None) is not obj:
+      continue
+    try:
+      docs = ModuleAnalyzer.for_module(mod_name).find_attr_docs()
+    except Exception:  # noqa: BLE001 (modules without source: try the next)
+      continue
+    if ("", name) in docs:
+      return "\n".join(docs[("", name)]).strip()
+  if isinstance(obj, types.UnionType):
+    return f"The union ``{obj!r}``.".replace(f"{package}.", "")
+  if isinstance(obj, Mapping):
+    keys = ", ".join(f"``{k}``" for k in obj)
+    return f"A read-only mapping with the keys {keys}."
+  return ""
+
+
+def _entry(package: str, name: str, obj: object) -> str:
+  if inspect.isclass(obj) and issubclass(obj, BaseException):
+    return f".. autoexception:: {name}\n"
+  if inspect.isclass(obj):
+    return f".. autoclass:: {name}\n   :members:\n"
+  if callable(obj) and not isinstance(obj, Mapping):
+    return f".. autofunction:: {name}\n"
+  doc = _data_doc(package, name, obj)
+  body = "".join(f"   {line}\n" if line else "\n" for line in doc.splitlines())
+  return f".. py:data:: {name}\n\n{body}"
+
+
+def page(package: str) -> str:
+  """The reStructuredText page of `package`."""
+  module = importlib.import_module(package)
+  title = f"``{package}``"
+  lines = [
+      title, "=" * len(title), "",
+      f".. automodule:: {package}", "   :no-members:", "",
+      f".. currentmodule:: {package}", "",
+  ]
+  for name in public_names(package):
+    lines.append(_entry(package, name, getattr(module, name)))
+  return "\n".join(lines)
+
+
+def write_api_pages(folder: Path) -> list[Path]:
+  """Writes `<package>.rst` for every package (only files whose text changed)."""
+  folder.mkdir(parents=True, exist_ok=True)
+  written = []
+  for package in PACKAGES:
+    path = folder / f"{package}.rst"
+    text = page(package)
+    if not path.exists() or path.read_text() != text:
+      path.write_text(text)
+    written.append(path)
+  return written
