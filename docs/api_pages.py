@@ -65,7 +65,7 @@ def _entry(package: str, name: str, obj: object) -> str:
   if inspect.isclass(obj) and issubclass(obj, BaseException):
     return f".. autoexception:: {name}\n"
   if inspect.isclass(obj):
-    return f".. autoclass:: {name}\n   :members:\n"
+    return f".. autoclass:: {name}\n   :members:\n   :undoc-members:\n"
   if callable(obj) and not isinstance(obj, Mapping):
     return f".. autofunction:: {name}\n"
   doc = _data_doc(package, name, obj)
