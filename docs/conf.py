@@ -7,6 +7,7 @@ Build (warnings are errors, as in CI):
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -52,3 +53,25 @@ html_title = "adaprelora-jax"
 html_theme_options = {"description": "AdaPreLoRA and the LoRA optimizer family in JAX"}
 
 api_pages.write_api_pages(DOCS / "api")
+
+UNLISTED = "<!-- unlisted pages -->"
+
+
+def unlisted_pages(index_text: str) -> list[str]:
+  """The top-level pages (docs/*.md) that no toctree line of index.md names, sorted."""
+  listed = set(re.findall(r"^([\w/-]+)\s*$", index_text, re.M))
+  return sorted(p.stem for p in DOCS.glob("*.md") if p.stem not in listed | {"index"})
+
+
+def _fill_unlisted(app, docname, source):
+  """Fills index.md's "More pages" toctree with the pages no other toctree names, so a new
+  docs/*.md page (benchmark scripts and other work add them) is in the site, in no toctree
+  twice, without editing index.md; when there are none the toctree stays empty."""
+  if docname == "index":
+    source[0] = source[0].replace(UNLISTED, "\n".join(unlisted_pages(source[0])))
+
+
+def setup(app):
+  app.connect("source-read", _fill_unlisted)
+  # Re-read index.md on every build: its page list depends on the other files.
+  app.connect("env-get-outdated", lambda app, env, added, changed, removed: ["index"])
