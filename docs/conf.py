@@ -41,6 +41,7 @@ myst_heading_anchors = 3
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_ivar = True  # "Attributes:" as fields: NamedTuple fields are documented once
+napoleon_attr_annotations = False  # their types are in the signature
 default_role = "code"
 autodoc_typehints = "signature"
 autodoc_member_order = "bysource"
@@ -71,7 +72,32 @@ def _fill_unlisted(app, docname, source):
     source[0] = source[0].replace(UNLISTED, "\n".join(unlisted_pages(source[0])))
 
 
+def _skip_namedtuple_fields(app, what, name, obj, skip, options):
+  """NamedTuple fields ("Alias for field number k"): their docstring's Attributes say more."""
+  if (getattr(obj, "__doc__", None) or "").startswith("Alias for field number"):
+    return True
+  return None
+
+
+def _init_signature(app, what, name, obj, options, signature, return_annotation):
+  """Flax NNX modules: the constructor's signature, not the metaclass's `(*args, **kwargs)`."""
+  if what == "class" and signature == "(*args: Any, **kwargs: Any)":
+    import inspect  # noqa: PLC0415
+
+    from sphinx.ext.autodoc.preserve_defaults import update_defvalue  # noqa: PLC0415
+    from sphinx.util.inspect import stringify_signature  # noqa: PLC0415
+
+    update_defvalue(app, obj.__init__, False)  # defaults as written (`jnp.float32`)
+    init = inspect.signature(obj.__init__)
+    params = list(init.parameters.values())[1:]  # drop self
+    return stringify_signature(init.replace(parameters=params),
+                               show_return_annotation=False), return_annotation
+  return None
+
+
 def setup(app):
+  app.connect("autodoc-process-signature", _init_signature)
   app.connect("source-read", _fill_unlisted)
+  app.connect("autodoc-skip-member", _skip_namedtuple_fields)
   # Re-read index.md on every build: its page list depends on the other files.
   app.connect("env-get-outdated", lambda app, env, added, changed, removed: ["index"])
