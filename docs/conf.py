@@ -30,7 +30,7 @@ extensions = [
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-# Not pages: build output, the benchmarks' raw JSON, the generator and checker scripts.
+# Not pages: the build output, the benchmarks' raw JSON and plots (docs/benchmarks/).
 exclude_patterns = ["_build", "benchmarks", "**.json", "README.md"]
 
 # Markdown pages: $...$ / $$...$$ math, anchors for ## and ### headings (page.md#anchor).
