@@ -86,9 +86,10 @@ def test_api_pages_document_every_public_name(fake_package):
   assert "optimizers[name](learning_rate" in api_pages.page("adaprelora_jax")
 
 
-def test_readme_test_command_is_what_ci_runs():
+def test_readme_and_getting_started_test_command_is_what_ci_runs():
   ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
         if line.startswith("python3 -m venv")]
   assert len(ci) == 1
   assert "python -m sphinx -W" in ci[0] and ci[0].endswith("python -m pytest")
   assert ci[0] in (ROOT / "README.md").read_text()
+  assert ci[0] in (ROOT / "docs" / "getting_started.md").read_text()
