@@ -13,7 +13,7 @@ import importlib
 import inspect
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 # The public packages, in the order of the reference.
@@ -61,21 +61,53 @@ def _data_doc(package: str, name: str, obj: object) -> str:
   return ""
 
 
-def _entry(package: str, name: str, obj: object) -> str:
-  if inspect.isclass(obj) and issubclass(obj, BaseException):
-    return f".. autoexception:: {name}\n"
+def _kind(obj: object) -> str:
+  """The Python domain's object type of a public name."""
   if inspect.isclass(obj):
-    return f".. autoclass:: {name}\n   :members:\n   :undoc-members:\n"
+    return "exception" if issubclass(obj, BaseException) else "class"
   if callable(obj) and not isinstance(obj, Mapping):
-    return f".. autofunction:: {name}\n"
+    return "function"
+  return "data"
+
+
+def homes(packages: Sequence[str] = PACKAGES) -> dict[int, str]:
+  """`id(obj) -> "package.name"`: where an object exported by several packages is
+  documented in full (the package its defining module is in, else the first exporting
+  one); the others get a short entry pointing there, so no object is described twice."""
+  found: dict[int, tuple[object, list[tuple[str, str]]]] = {}
+  for package in packages:
+    module = importlib.import_module(package)
+    for name in public_names(package):
+      obj = getattr(module, name)
+      found.setdefault(id(obj), (obj, []))[1].append((package, name))
+  result = {}
+  for key, (obj, places) in found.items():
+    defined_in = getattr(obj, "__module__", None) or ""
+    inside = [pl for pl in places
+              if defined_in == pl[0] or defined_in.startswith(pl[0] + ".")]
+    package, name = max(inside, key=lambda pl: len(pl[0])) if inside else places[0]
+    result[key] = f"{package}.{name}"
+  return result
+
+
+def _entry(package: str, name: str, obj: object, home: str | None = None) -> str:
+  if home is not None and home != f"{package}.{name}":
+    return (f".. py:{_kind(obj)}:: {name}\n\n"
+            f"   The same object as :py:obj:`{home}` (documented there).\n")
+  kind = _kind(obj)
+  if kind == "class":
+    return f".. autoclass:: {name}\n   :members:\n   :undoc-members:\n"
+  if kind != "data":
+    return f".. auto{kind}:: {name}\n"
   doc = _data_doc(package, name, obj)
   body = "".join(f"   {line}\n" if line else "\n" for line in doc.splitlines())
   return f".. py:data:: {name}\n\n{body}"
 
 
-def page(package: str) -> str:
-  """The reStructuredText page of `package`."""
+def page(package: str, home: Mapping[int, str] | None = None) -> str:
+  """The reStructuredText page of `package` (`home`: see `homes`)."""
   module = importlib.import_module(package)
+  home = home or {}
   title = f"``{package}``"
   lines = [
       title, "=" * len(title), "",
@@ -83,7 +115,8 @@ def page(package: str) -> str:
       f".. currentmodule:: {package}", "",
   ]
   for name in public_names(package):
-    lines.append(_entry(package, name, getattr(module, name)))
+    obj = getattr(module, name)
+    lines.append(_entry(package, name, obj, home.get(id(obj))))
   return "\n".join(lines)
 
 
@@ -91,9 +124,10 @@ def write_api_pages(folder: Path) -> list[Path]:
   """Writes `<package>.rst` for every package (only files whose text changed)."""
   folder.mkdir(parents=True, exist_ok=True)
   written = []
+  home = homes(PACKAGES)
   for package in PACKAGES:
     path = folder / f"{package}.rst"
-    text = page(package)
+    text = page(package, home)
     if not path.exists() or path.read_text() != text:
       path.write_text(text)
     written.append(path)

@@ -86,6 +86,25 @@ def test_api_pages_document_every_public_name(fake_package):
   assert "optimizers[name](learning_rate" in api_pages.page("adaprelora_jax")
 
 
+def test_object_exported_twice_is_documented_once(tmp_path, monkeypatch):
+  """Documented in full where it is defined; the other package's entry points there."""
+  name = f"docs_fake_{uuid.uuid4().hex[:8]}"
+  (tmp_path / name / "sub").mkdir(parents=True)
+  (tmp_path / name / "sub" / "__init__.py").write_text(
+      'def shared():\n  """Defined here."""\n\n\n__all__ = ("shared",)\n')
+  (tmp_path / name / "__init__.py").write_text(
+      f"from {name}.sub import shared\n\n__all__ = ('shared',)\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  home = api_pages.homes([name, f"{name}.sub"])
+  assert list(home.values()) == [f"{name}.sub.shared"]
+  assert ".. autofunction:: shared" in api_pages.page(f"{name}.sub", home)
+  alias = api_pages.page(name, home)
+  assert ".. py:function:: shared" in alias and f"`{name}.sub.shared`" in alias
+  assert "autofunction" not in alias
+  for module in (name, f"{name}.sub"):
+    sys.modules.pop(module, None)
+
+
 def test_readme_and_getting_started_test_command_is_what_ci_runs():
   ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
         if line.startswith("python3 -m venv")]
