@@ -121,8 +121,11 @@ def page(package: str, home: Mapping[int, str] | None = None) -> str:
 
 
 def write_api_pages(folder: Path) -> list[Path]:
-  """Writes `<package>.rst` for every package (only files whose text changed)."""
+  """Writes `<package>.rst` for every package (only files whose text changed) and removes
+  the pages of packages no longer listed."""
   folder.mkdir(parents=True, exist_ok=True)
+  for stale in set(folder.glob("*.rst")) - {folder / f"{p}.rst" for p in PACKAGES}:
+    stale.unlink()
   written = []
   home = homes(PACKAGES)
   for package in PACKAGES:
