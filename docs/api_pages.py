@@ -54,11 +54,15 @@ def _data_doc(package: str, name: str, obj: object) -> str:
     if ("", name) in docs:
       return "\n".join(docs[("", name)]).strip()
   if isinstance(obj, types.UnionType):
-    return f"The union ``{obj!r}``.".replace(f"{package}.", "")
+    members = " | ".join(getattr(a, "__name__", repr(a)) for a in obj.__args__)
+    return f"The union ``{members}``."
   if isinstance(obj, Mapping):
     keys = ", ".join(f"``{k}``" for k in obj)
     return f"A read-only mapping with the keys {keys}."
-  return ""
+  value = repr(obj)
+  if len(value) <= 400:
+    return f"``{value}``"
+  return f"A ``{type(obj).__name__}``."
 
 
 def _kind(obj: object) -> str:
