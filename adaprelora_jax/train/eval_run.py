@@ -9,7 +9,6 @@ Both evaluate the run's evaluation split (today the E2E `--eval-file`, its first
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -17,54 +16,20 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from adaprelora_jax.data import DataError, TaskData, TextExample
+from adaprelora_jax.data import DataError, TaskData, load_task
 from adaprelora_jax.train import data as data_lib
 from adaprelora_jax.train import sharding
 from adaprelora_jax.train.config import ConfigError, TrainConfig, run_identity
 from adaprelora_jax.train.evaluate import TaskResults, evaluate_task
 
 
-def e2e_task_data(path: str | Path, *, split: str = "test",
-                  max_rows: int | None = None) -> TaskData:
-  """The first `max_rows` rows of an E2E CSV as `TextExample`s: prompt `render_mr(mr)`,
-  target the reference, `references` every reference of the MR among the rows read,
-  `key` the MR. Rows with an empty field or a malformed MR are counted in `skipped`."""
-  file = Path(path)
-  if not file.is_file():
-    raise DataError(f"{file}: no such file")
-  rows, skipped, read = [], {}, 0
-  with file.open(newline="", encoding="utf-8") as f:
-    reader = csv.DictReader(f)
-    if not {"mr", "ref"} <= set(reader.fieldnames or []):
-      raise DataError(f"{file}: an E2E CSV needs the columns 'mr' and 'ref'; found "
-                      f"{reader.fieldnames}")
-    for row in reader:
-      if max_rows is not None and read >= max_rows:
-        break
-      read += 1
-      mr, ref = (row.get("mr") or "").strip(), (row.get("ref") or "").strip()
-      try:
-        if not ref:
-          raise ValueError("empty reference")
-        rows.append((mr, data_lib.render_mr(mr), ref))
-      except ValueError as e:
-        why = "empty reference" if "reference" in str(e) else "malformed mr"
-        skipped[why] = skipped.get(why, 0) + 1
-  if not rows:
-    raise DataError(f"{file}: no usable row ({read} rows read)")
-  refs: dict[str, list[str]] = {}
-  for mr, _, ref in rows:
-    refs.setdefault(mr, []).append(ref)
-  examples = tuple(TextExample(prompt, ref, tuple(refs[mr]), mr) for mr, prompt, ref in rows)
-  return TaskData("e2e", split, str(file), examples, read, skipped)
-
-
 def eval_task_data(config: TrainConfig) -> TaskData | None:
-  """The evaluation split of `config` as records (None: the run has none)."""
+  """The evaluation split of `config` as records (None: the run has none): the E2E
+  `--eval-file`, its first `--eval-rows` rows, by `adaprelora_jax.data.load_task`."""
   d = config.data
   if d.kind == "e2e_csv" and d.eval_file:
     try:
-      return e2e_task_data(d.eval_file, max_rows=d.eval_rows)
+      return load_task("e2e", d.eval_file, "test", max_rows=d.eval_rows)
     except DataError as e:
       raise ConfigError(str(e)) from e
   return None
