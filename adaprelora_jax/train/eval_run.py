@@ -65,7 +65,8 @@ def evaluate_run(config: TrainConfig, output_dir: str | Path, model: nnx.Module,
 
 
 def evaluate_saved(config: TrainConfig, output_dir: str | Path, *,
-                   adapter: str | Path | None = None, devices=None, print_fn: Callable[[str], None] = print,
+                   adapter: str | Path | None = None, devices=None,
+                   print_fn: Callable[[str], None] = print,
                    progress: bool = False) -> TaskResults:
   """`--eval-only`: evaluates the newest restorable checkpoint of `output_dir` (a run of
   `config`), or the PEFT adapter folder `adapter` on `config`'s base model, without

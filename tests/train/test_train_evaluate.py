@@ -16,10 +16,11 @@ from adaprelora_jax.data import ChoiceExample, ClassificationExample, TaskData, 
 from adaprelora_jax.eval import read_results
 from adaprelora_jax.models import build_model, config_by_name
 from adaprelora_jax.train import ByteTokenizer
-from adaprelora_jax.train.config import ConfigError, EvalConfig
+from adaprelora_jax.train import config_by_name as train_config_by_name
+from adaprelora_jax.train.config import ConfigError, EvalConfig, run_identity
 from adaprelora_jax.train.evaluate import (GenerationConfig, evaluate_classification,
                                            evaluate_generation, evaluate_multiple_choice,
-                                           evaluate_task, generate_texts,
+                                           evaluate_task, generate_texts, generation_config,
                                            metrics_from_predictions, task_family)
 
 
@@ -214,3 +215,38 @@ def test_bad_input_is_a_clear_error(tiny_gpt2):
     EvalConfig(max_new_tokens=0)
   with pytest.raises(ValueError, match=r"\(batch, num_labels\)"):
     evaluate_classification(lambda t, m: jnp.zeros(t.shape[:1]), tok, glue, seq_len=8)
+
+
+def test_glue_file_through_load_task(tmp_path):
+  """The data package's loader feeds the evaluation (SST-2 JSON lines written here)."""
+  import json
+
+  from adaprelora_jax.data import load_task
+
+  rows = [{"sentence": "bbb a", "label": 1, "idx": 0}, {"sentence": "aab", "label": 0, "idx": 1},
+          {"sentence": "ab", "label": 1, "idx": 2}, {"sentence": "unlabeled", "label": -1}]
+  file = tmp_path / "validation.jsonl"
+  file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  data = load_task("glue/sst2", file, "validation")
+  results = evaluate_classification(_count_logits([]), ByteTokenizer(), data, seq_len=64)
+  assert [p["label"] for p in results.predictions] == [1, 0, 1]
+  # "Sentence: ...\nSentiment:" counts one 'a' of its own; ties go to class 0.
+  want = [int(p["text"].count("b") > p["text"].count("a")) for p in results.predictions]
+  assert [p["prediction"] for p in results.predictions] == want
+  accuracy = np.mean(np.array(want) == [1, 0, 1])
+  assert results.metrics["accuracy"]["score"] == pytest.approx(accuracy)
+  assert results.info["skipped"] == dict(data.skipped) and sum(data.skipped.values()) == 1
+  assert results.info["label_names"] == list(data.label_names)
+
+
+def test_eval_settings_are_config_fields_that_do_not_change_a_run():
+  base = train_config_by_name("gpt2_e2e_tiny")
+  changed = base.replace(num_beams=3, max_new_tokens=7, task_eval=False, eval_batch_size=2)
+  assert changed.evaluation == EvalConfig(task_eval=False, num_beams=3, max_new_tokens=7,
+                                          eval_batch_size=2)
+  assert run_identity(changed) == run_identity(base)
+  assert generation_config("e2e", changed.evaluation) == GenerationConfig(
+      num_beams=3, max_new_tokens=7, batch_size=2)
+  gsm8k = generation_config("gsm8k", EvalConfig())
+  assert (gsm8k.num_beams, gsm8k.no_repeat_ngram_size, gsm8k.max_new_tokens) == (1, 0, 256)
+  assert generation_config("e2e") == GenerationConfig(10, 0.8, 4, 64, 16)
