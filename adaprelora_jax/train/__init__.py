@@ -2,18 +2,25 @@
 and the `adaprelora-finetune` command. See docs/training.md.
 
 `train(config, output_dir)` runs a `TrainConfig` (named configs: `config_by_name`);
-`adaprelora-finetune` is its command line.
+`adaprelora-finetune` is its command line; `evaluate_task` scores a trained model on a
+task's metrics (docs/evaluation.md).
 """
 
 from adaprelora_jax.train.checkpoints import Checkpoints
 from adaprelora_jax.train.checkpoints import TrainState
 from adaprelora_jax.train.config import ConfigError
 from adaprelora_jax.train.config import DataConfig
+from adaprelora_jax.train.config import EvalConfig
 from adaprelora_jax.train.config import ModelSpec
 from adaprelora_jax.train.config import OptimConfig
 from adaprelora_jax.train.config import TrainConfig
 from adaprelora_jax.train.config import config_by_name
 from adaprelora_jax.train.data import ByteTokenizer
+from adaprelora_jax.train.eval_run import evaluate_saved
+from adaprelora_jax.train.evaluate import GenerationConfig
+from adaprelora_jax.train.evaluate import TaskResults
+from adaprelora_jax.train.evaluate import evaluate_task
+from adaprelora_jax.train.evaluate import metrics_from_predictions
 from adaprelora_jax.train.data import read_e2e_csv
 from adaprelora_jax.train.data import render_mr
 from adaprelora_jax.train.export import hf_config_dict
@@ -32,17 +39,23 @@ __all__ = (
     "Checkpoints",
     "ConfigError",
     "DataConfig",
+    "EvalConfig",
+    "GenerationConfig",
     "ModelSpec",
     "OptimConfig",
     "Preempted",
+    "TaskResults",
     "TrainConfig",
     "TrainResult",
     "TrainState",
     "config_by_name",
+    "evaluate_saved",
+    "evaluate_task",
     "hf_config_dict",
     "make_optimizer",
     "make_schedule",
     "make_train_step",
+    "metrics_from_predictions",
     "read_e2e_csv",
     "read_metrics",
     "render_mr",
