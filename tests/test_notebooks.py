@@ -76,6 +76,39 @@ def test_build_rewrites_a_drifted_address(tmp_path):
       tmp_path / "README.md").read_text()
 
 
+@pytest.mark.parametrize(("runtime", "jax_build"),
+                         [("cpu", []), ("gpu", ["jax[cuda12]"]), ("tpu", ["jax[tpu]"])])
+def test_install_cell_installs_on_colab_only(monkeypatch, runtime, jax_build):
+  """Outside Colab the cell runs nothing; on Colab it pip installs the package from the
+  repository of pyproject.toml, with the JAX build of the runtime's accelerator."""
+  import os  # noqa: PLC0415
+  import shutil  # noqa: PLC0415
+  import subprocess  # noqa: PLC0415
+  import types  # noqa: PLC0415
+
+  calls = []
+  monkeypatch.setattr(subprocess, "run", lambda argv, **kw: calls.append((argv, kw)))
+  monkeypatch.setattr(shutil, "which",
+                      lambda name: "/usr/bin/nvidia-smi" if runtime == "gpu" else None)
+  exists = os.path.exists
+  monkeypatch.setattr(os.path, "exists", lambda p: False if str(p).startswith("/dev/") else
+                      exists(p))
+  monkeypatch.delenv("COLAB_TPU_ADDR", raising=False)
+  if runtime == "tpu":
+    monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5litepod-1")
+  else:
+    monkeypatch.delenv("TPU_ACCELERATOR_TYPE", raising=False)
+  source = {c["id"]: _source(c) for c in _cells("quickstart.ipynb")}["install"]
+  exec(source, {})  # noqa: S102
+  assert calls == []
+  monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+  exec(source, {})  # noqa: S102
+  (argv, kwargs), = calls
+  assert argv == [sys.executable, "-m", "pip", "install", "-q",
+                  f"adaprelora-jax[eval] @ git+{build.repository_url()}", *jax_build]
+  assert kwargs == {"check": True}
+
+
 @pytest.fixture
 def kernel_of_this_interpreter(tmp_path, monkeypatch):
   """A kernelspec that starts this interpreter's ipykernel (not whatever `python3` a
