@@ -61,6 +61,15 @@ def evaluate_run(config: TrainConfig, output_dir: str | Path, model: nnx.Module,
   if jax.process_index() == 0:
     results = results.save(output_dir, label)
     print_fn(f"{results.summary()}; written to {results.path}")
+  error = results.info.get("metrics_error")
+  if error and required:
+    raise ConfigError(f"the metrics of {data.task} cannot be computed here ({error}); the "
+                      f"predictions are saved in {results.path}. Install the eval extra "
+                      "(pip install 'adaprelora-jax[eval]', and java for METEOR/PTB) and "
+                      "run again")
+  if error:
+    print_fn(f"warning: no task metrics ({error}); the predictions are saved, recompute "
+             "them with adaprelora_jax.train.metrics_from_predictions")
   return results
 
 

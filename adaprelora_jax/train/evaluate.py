@@ -114,6 +114,8 @@ class TaskResults:
   def summary(self) -> str:
     """One line: `e2e test: BLEU 0.4123, NIST 5.1234, ...`."""
     scores = ", ".join(f"{k} {v['score']:.4f}" for k, v in self.metrics.items())
+    if not self.metrics:
+      scores = f"no metrics ({self.info.get('metrics_error', 'none computed')})"
     return f"{self.task} {self.split}: {scores} ({len(self.predictions)} examples)"
 
   def save(self, output_dir: str | Path, label: str) -> TaskResults:
@@ -153,6 +155,20 @@ def metrics_from_predictions(task: str, predictions: Sequence[dict[str, Any]]) -
          "acc_norm": "argmax of the answer log-likelihood per answer token"}
   return {name: _score(v, f"adaprelora_jax.eval.multiple_choice_accuracy: {how[name]}")
           for name, v in values.items()}
+
+
+def score_predictions(data: TaskData, predictions: list[dict[str, Any]],
+                      info: dict[str, Any]) -> TaskResults:
+  """`TaskResults` with the metrics of `predictions`. A metric that cannot run here (a
+  metric package or `java` missing: ImportError, RuntimeError) leaves `metrics` empty and
+  says why in `info["metrics_error"]`, so the predictions are still saved and the metrics
+  can be recomputed from them where the packages are installed."""
+  try:
+    metrics = metrics_from_predictions(data.task, predictions)
+  except (ImportError, RuntimeError) as e:
+    metrics = {}
+    info = dict(info, metrics_error=f"{type(e).__name__}: {e}")
+  return TaskResults(data.task, data.split, metrics, predictions, info)
 
 
 def _pad_id(tokenizer) -> int:
@@ -251,8 +267,7 @@ def evaluate_generation(model, tokenizer, data: TaskData,
                generation=dataclasses.asdict(config), truncated=counts["truncated_prompts"],
                max_new_tokens_used=counts["max_new_tokens"],
                seconds=round(time.perf_counter() - started, 3))
-  return TaskResults(data.task, data.split, metrics_from_predictions(data.task, predictions),
-                     predictions, info)
+  return score_predictions(data, predictions, info)
 
 
 # Classification (GLUE).
@@ -274,8 +289,7 @@ def evaluate_classification(class_logits: Logits, tokenizer, data: TaskData, *, 
   info = _info(data, family="classification", examples=len(examples),
                evaluated=len(examples), label_names=list(names), truncated=truncated,
                seq_len=int(tokens.shape[1]))
-  return TaskResults(data.task, data.split, metrics_from_predictions(data.task, predictions),
-                     predictions, info)
+  return score_predictions(data, predictions, info)
 
 
 def _right_padded(encoded: list[list[int]], seq_len: int, pad: int):
@@ -378,8 +392,7 @@ def evaluate_multiple_choice(lm_logits: Logits, tokenizer, data: TaskData, *, se
     i += k
   info = _info(data, family="multiple_choice", examples=len(examples), evaluated=len(examples),
                truncated=rows.truncated, seq_len=int(rows.tokens.shape[1]))
-  return TaskResults(data.task, data.split, metrics_from_predictions(data.task, predictions),
-                     predictions, info)
+  return score_predictions(data, predictions, info)
 
 
 def model_lm_logits(model) -> Logits:

@@ -21,7 +21,8 @@ from adaprelora_jax.train.config import ConfigError, EvalConfig, run_identity
 from adaprelora_jax.train.evaluate import (GenerationConfig, evaluate_classification,
                                            evaluate_generation, evaluate_multiple_choice,
                                            evaluate_task, generate_texts, generation_config,
-                                           metrics_from_predictions, task_family)
+                                           metrics_from_predictions, score_predictions,
+                                           task_family)
 
 
 class _Tokenizer(ByteTokenizer):
@@ -250,3 +251,16 @@ def test_eval_settings_are_config_fields_that_do_not_change_a_run():
   gsm8k = generation_config("gsm8k", EvalConfig())
   assert (gsm8k.num_beams, gsm8k.no_repeat_ngram_size, gsm8k.max_new_tokens) == (1, 0, 256)
   assert generation_config("e2e") == GenerationConfig(10, 0.8, 4, 64, 16)
+
+
+def test_metrics_that_cannot_run_leave_the_predictions_and_say_why(monkeypatch, tmp_path):
+  """Without `java` (METEOR, PTB tokens) the E2E predictions are still kept and saved."""
+  monkeypatch.setenv("PATH", str(tmp_path))
+  data = _data("e2e", [TextExample("name: A\n", "A is a pub.", ("A is a pub.",), "name[A]")])
+  predictions = [{"mr": "name[A]", "prompt": "name: A\n", "references": ["A is a pub."],
+                  "prediction": "A is a pub."}]
+  results = score_predictions(data, predictions, {"task": "e2e"})
+  assert results.metrics == {} and "java" in results.info["metrics_error"]
+  assert "no metrics" in results.summary()
+  saved = results.save(tmp_path, "step1")
+  assert read_results(saved.path) == ({}, predictions)
