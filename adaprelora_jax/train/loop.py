@@ -25,13 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adaprelora_jax.lora import apply_lora, lora_scale_of, save_peft_adapter
+from adaprelora_jax.data import TaskData
+from adaprelora_jax.lora import apply_lora, lora_scale_of
 from adaprelora_jax.models import ShardingConfig, build_model, config_by_name, from_pretrained
 from adaprelora_jax.train import data as data_lib
-from adaprelora_jax.train import sharding, synthetic
+from adaprelora_jax.train import heads, sharding, synthetic, tasks
 from adaprelora_jax.train.checkpoints import Checkpoints, TrainState
 from adaprelora_jax.train.config import PACKAGE_BASE, ConfigError, TrainConfig, run_identity
-from adaprelora_jax.train.export import save_hf_checkpoint
+from adaprelora_jax.train.export import save_adapter, save_hf_checkpoint
 from adaprelora_jax.train.metrics import MetricsLogger
 from adaprelora_jax.train.optim import make_optimizer, make_schedule
 from adaprelora_jax.train.step import make_eval_step, make_train_step, split_model
@@ -69,18 +70,76 @@ class TrainResult:
   # The final trainable parameters, as host NumPy arrays.
   params: Any
   seconds: float
+  # The trained model (adapters and head in place, on the mesh) and the run's data
+  # (tokenizer, rows, and the evaluation split's records for a task).
+  model: nnx.Module | None = None
+  data: RunData | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class RunData:
-  tokenizer: data_lib.ByteTokenizer
-  train: data_lib.TokenizedData
-  eval: data_lib.TokenizedData | None
+  """The tokenizer and rows of a run; for a task also the evaluation split's records."""
+
+  tokenizer: Any
+  train: data_lib.TokenizedData | tasks.ClassificationData
+  eval: data_lib.TokenizedData | tasks.ClassificationData | None
+  # Data kind "task": the records of the evaluation split (None without --eval-source).
+  eval_task: TaskData | None = None
+  # "text", "classification" or "choice".
+  family: str = "text"
+  # Classification: the label names in index order.
+  label_names: tuple[str, ...] = ()
+
+
+def load_tokenizer(path: str | None):
+  """The byte-level tokenizer (None) or a local tokenizer folder."""
+  if path is None:
+    return data_lib.ByteTokenizer()
+  try:
+    from adaprelora_jax.data import load_tokenizer as load  # noqa: PLC0415
+  except ImportError as e:
+    raise ConfigError(f"--tokenizer {path}: this installation has no "
+                      "adaprelora_jax.data.load_tokenizer") from e
+  return load(path)
+
+
+def load_task_split(task: str, source: str, split: str, max_rows: int | None) -> TaskData:
+  """`adaprelora_jax.data.load_task` (DataError for a file that cannot be used)."""
+  try:
+    from adaprelora_jax.data import load_task  # noqa: PLC0415
+  except ImportError as e:
+    raise ConfigError(f"task {task!r}: this installation has no adaprelora_jax.data."
+                      "load_task") from e
+  return load_task(task, source, split, max_rows=max_rows)
+
+
+def _task_data(config: TrainConfig) -> RunData:
+  d = config.data
+  if not d.train_source:
+    raise ConfigError(f"config {config.name!r} trains on task {d.task!r}: pass "
+                      "--train-source (a file, folder or dataset name)")
+  tok = load_tokenizer(d.tokenizer)
+  train_task = load_task_split(d.task, d.train_source, d.train_split, d.train_rows)
+  eval_task = (load_task_split(d.task, d.eval_source, d.eval_split, d.eval_rows)
+               if d.eval_source else None)
+  if d.family == "classification":
+    train = tasks.encode_classification(train_task, tok, d.seq_len)
+    evaluation = (None if eval_task is None else
+                  tasks.encode_classification(eval_task, tok, d.seq_len))
+    if evaluation is not None and evaluation.label_names != train.label_names:
+      raise ConfigError(f"the evaluation labels {evaluation.label_names} differ from the "
+                        f"training labels {train.label_names}")
+    return RunData(tok, train, evaluation, eval_task, d.family, train.label_names)
+  encode = tasks.encode_text if d.family == "text" else tasks.encode_choice_training
+  evaluation = None if eval_task is None else encode(eval_task, tok, d.seq_len)
+  return RunData(tok, encode(train_task, tok, d.seq_len), evaluation, eval_task, d.family)
 
 
 def load_data(config: TrainConfig) -> RunData:
-  """The training and evaluation rows of `config` (ConfigError for bad input)."""
+  """The training and evaluation rows of `config` (ConfigError / DataError for bad input)."""
   tok, d = data_lib.ByteTokenizer(), config.data
+  if d.kind == "task":
+    return _task_data(config)
   if d.kind == "e2e_csv":
     if not d.train_file:
       raise ConfigError(f"config {config.name!r} reads an E2E CSV: pass --train-file")
@@ -100,10 +159,14 @@ def load_data(config: TrainConfig) -> RunData:
   return RunData(tok, train, evaluation)
 
 
-def load_model(config: TrainConfig, mesh, *, print_fn=print, progress=True) -> nnx.Module:
-  """The base model of `config` on `mesh`, with the adapter (if any) added."""
+def load_model(config: TrainConfig, mesh, *, print_fn=print, progress=True,
+               vocab_size: int = data_lib.ByteTokenizer.vocab_size,
+               num_labels: int | None = None) -> nnx.Module:
+  """The base model of `config` on `mesh`, with the adapter (if any) added, and a fresh
+  classification head (`model.score`) when `num_labels` is given."""
   spec = config.model
   dtype = jnp.bfloat16 if spec.compute_dtype == "bfloat16" else jnp.float32
+  param_dtype = jnp.bfloat16 if spec.param_dtype == "bfloat16" else jnp.float32
   path = spec.path
   if path is None and spec.name == PACKAGE_BASE:
     from adaprelora_jax.train.base_model import ensure_package_base  # noqa: PLC0415
@@ -114,7 +177,8 @@ def load_model(config: TrainConfig, mesh, *, print_fn=print, progress=True) -> n
       if not Path(path).is_dir():
         raise ConfigError(f"--model-path {path}: no such folder")
       try:
-        model = from_pretrained(path, mesh=mesh, compute_dtype=dtype, remat=spec.remat)
+        model = from_pretrained(path, mesh=mesh, dtype=param_dtype, compute_dtype=dtype,
+                                remat=spec.remat)
       except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"--model-path {path}: {e}") from e
     else:
@@ -124,20 +188,31 @@ def load_model(config: TrainConfig, mesh, *, print_fn=print, progress=True) -> n
         model_config = config_by_name(spec.name, **overrides)
       except ValueError as e:
         raise ConfigError(str(e)) from e
-      model = build_model(model_config, compute_dtype=dtype, sharding=ShardingConfig.fsdp_tp(),
-                          remat=spec.remat, rngs=nnx.Rngs(config.seed))
+      model = build_model(model_config, dtype=param_dtype, compute_dtype=dtype,
+                          sharding=ShardingConfig.fsdp_tp(), remat=spec.remat,
+                          rngs=nnx.Rngs(config.seed))
     if config.data.seq_len > model.config.max_position_embeddings:
       raise ConfigError(f"seq_len {config.data.seq_len} exceeds the model's context "
                         f"{model.config.max_position_embeddings}")
-    if model.config.vocab_size < data_lib.ByteTokenizer.vocab_size:
-      raise ConfigError("the byte-level tokenizer needs a vocabulary of at least 256 tokens")
+    if model.config.vocab_size < vocab_size:
+      raise ConfigError(f"the tokenizer has {vocab_size} tokens, the model's vocabulary only "
+                        f"{model.config.vocab_size}: pass the model's own tokenizer")
     if config.lora is not None:
       try:
         apply_lora(model, config.lora, rngs=nnx.Rngs(params=jax.random.fold_in(
             jax.random.key(config.seed), 1)))
       except ValueError as e:
         raise ConfigError(f"LoRA: {e}") from e
+    if num_labels is not None:
+      heads.add_score_head(model, num_labels, rngs=nnx.Rngs(params=jax.random.fold_in(
+          jax.random.key(config.seed), 2)))
   return model
+
+
+def trainable_filter(config: TrainConfig):
+  """What the run trains: the LoRA factors and any task head (every parameter without
+  LoRA)."""
+  return nnx.Any(nnx.LoRAParam, heads.HeadParam) if config.lora is not None else nnx.Param
 
 
 class _SigtermFlag:
@@ -164,8 +239,7 @@ def _evaluate(eval_step, params, frozen, evaluation, mesh, batch_size) -> float:
   rows = sharding.host_rows(mesh, batch_size)
   loss = tokens = 0.0
   for batch in data_lib.eval_batches(evaluation, batch_size):
-    arrays = [sharding.put_batch(mesh, x[:, rows], batch_size)
-              for x in (batch.inputs, batch.labels, batch.loss_mask)]
+    arrays = [sharding.put_batch(mesh, x[:, rows], batch_size) for x in batch.arrays()]
     sums = eval_step(params, frozen, *arrays)
     loss += float(sums.loss)
     tokens += float(sums.tokens)
@@ -218,9 +292,10 @@ def _prepare_and_run(config, output_dir, mesh, checkpoints, *, started, lead, sa
   say(run_data.train.report("train"))
   if run_data.eval is not None:
     say(run_data.eval.report("eval"))
-  model = load_model(config, mesh, print_fn=say, progress=progress and lead)
-  trainable = nnx.LoRAParam if config.lora is not None else nnx.Param
-  split, params = split_model(model, trainable)
+  model = load_model(config, mesh, print_fn=say, progress=progress and lead,
+                     vocab_size=run_data.tokenizer.vocab_size,
+                     num_labels=len(run_data.label_names) or None)
+  split, params = split_model(model, trainable_filter(config))
   del model
   scale = lora_scale_of(split.merge(params)) if config.lora is not None else 1.0
   optimizer = make_optimizer(config.optim, params, lora_scale=scale, max_steps=config.max_steps)
@@ -249,8 +324,10 @@ def _prepare_and_run(config, output_dir, mesh, checkpoints, *, started, lead, sa
 
 def _run(config, output_dir, split, state, optimizer, schedule, mesh, run_data, checkpoints, *,
          started, lead, say, progress, on_step) -> TrainResult:
-  train_step = make_train_step(split, optimizer, label_smoothing=config.optim.label_smoothing)
-  eval_step = make_eval_step(split)
+  loss_fn = heads.LOSSES[run_data.family]
+  train_step = make_train_step(split, optimizer, label_smoothing=config.optim.label_smoothing,
+                               loss_fn=loss_fn)
+  eval_step = make_eval_step(split, loss_fn)
   rows = sharding.host_rows(mesh, config.batch_size)
   start_step, step = state.step, state.step
   params, opt_state = state.params, state.opt_state
@@ -278,15 +355,14 @@ def _run(config, output_dir, split, state, optimizer, schedule, mesh, run_data, 
         batch = data_lib.step_batch(run_data.train, config.seed, step,
                                     batch_size=config.batch_size,
                                     grad_accum=config.grad_accum, rows=rows)
-        arrays = [sharding.put_batch(mesh, x, config.batch_size)
-                  for x in (batch.inputs, batch.labels, batch.loss_mask)]
+        arrays = [sharding.put_batch(mesh, x, config.batch_size) for x in batch.arrays()]
         params, opt_state, metrics = train_step(params, opt_state, split.frozen, *arrays)
         step += 1
         last = step == config.max_steps
         if step % config.log_every == 0 or last:
           loss = float(metrics.loss)
           seconds = time.perf_counter() - tick
-          tokens = config.examples_per_step * config.data.seq_len
+          tokens = config.examples_per_step * config.data.seq_len  # padded positions
           losses.append((step, loss))
           logger.log({"step": step, "loss": loss, "learning_rate": float(schedule(step - 1)),
                       "grad_norm": float(metrics.grad_norm),
@@ -314,7 +390,8 @@ def _run(config, output_dir, split, state, optimizer, schedule, mesh, run_data, 
   adapter_dir, base_dir = _export(config, output_dir, split, host_params, lead)
   return TrainResult(output_dir=output_dir, step=step, start_step=start_step, losses=losses,
                      eval_losses=eval_losses, adapter_dir=adapter_dir, base_dir=base_dir,
-                     params=host_params, seconds=time.time() - started)
+                     params=host_params, seconds=time.time() - started,
+                     model=split.merge(params), data=run_data)
 
 
 def _export(config, output_dir, split, host_params, lead) -> tuple[Path | None, Path | None]:
@@ -326,7 +403,7 @@ def _export(config, output_dir, split, host_params, lead) -> tuple[Path | None, 
   if lead:
     model = split.merge(host_params, host_frozen)
     if adapter_dir is not None:
-      save_peft_adapter(model, adapter_dir)
+      save_adapter(model, adapter_dir)
     if base_dir is not None:
       save_hf_checkpoint(model, base_dir)
   return adapter_dir, base_dir
