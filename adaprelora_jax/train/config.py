@@ -375,7 +375,7 @@ def _task_tiny(name: str, task: str, seq_len: int, learning_rate: float) -> Trai
 
 def llama_tiny_glue() -> TrainConfig:
   """`mistral_7b_glue` at CPU size (glue/sst2; `--task` picks another)."""
-  return _task_tiny("llama_tiny_glue", "glue/sst2", 64, 1e-2)
+  return _task_tiny("llama_tiny_glue", "glue/sst2", 64, 3e-3)
 
 
 def llama_tiny_gsm8k() -> TrainConfig:

@@ -173,39 +173,53 @@ def load_model(config: TrainConfig, mesh, *, print_fn=print, progress=True,
 
     path = str(ensure_package_base(spec.base_steps, print_fn=print_fn, progress=progress))
   with jax.set_mesh(mesh):
-    if path is not None:
-      if not Path(path).is_dir():
-        raise ConfigError(f"--model-path {path}: no such folder")
-      try:
-        model = from_pretrained(path, mesh=mesh, dtype=param_dtype, compute_dtype=dtype,
-                                remat=spec.remat)
-      except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(f"--model-path {path}: {e}") from e
-    else:
-      try:
-        overrides = {} if spec.max_positions is None else {
-            "max_position_embeddings": spec.max_positions}
-        model_config = config_by_name(spec.name, **overrides)
-      except ValueError as e:
-        raise ConfigError(str(e)) from e
-      model = build_model(model_config, dtype=param_dtype, compute_dtype=dtype,
-                          sharding=ShardingConfig.fsdp_tp(), remat=spec.remat,
-                          rngs=nnx.Rngs(config.seed))
-    if config.data.seq_len > model.config.max_position_embeddings:
-      raise ConfigError(f"seq_len {config.data.seq_len} exceeds the model's context "
-                        f"{model.config.max_position_embeddings}")
-    if model.config.vocab_size < vocab_size:
-      raise ConfigError(f"the tokenizer has {vocab_size} tokens, the model's vocabulary only "
-                        f"{model.config.vocab_size}: pass the model's own tokenizer")
-    if config.lora is not None:
-      try:
-        apply_lora(model, config.lora, rngs=nnx.Rngs(params=jax.random.fold_in(
-            jax.random.key(config.seed), 1)))
-      except ValueError as e:
-        raise ConfigError(f"LoRA: {e}") from e
-    if num_labels is not None:
-      heads.add_score_head(model, num_labels, rngs=nnx.Rngs(params=jax.random.fold_in(
-          jax.random.key(config.seed), 2)))
+    if path is None:
+      return build_named_model(config, vocab_size=vocab_size, num_labels=num_labels)
+    if not Path(path).is_dir():
+      raise ConfigError(f"--model-path {path}: no such folder")
+    try:
+      model = from_pretrained(path, mesh=mesh, dtype=param_dtype, compute_dtype=dtype,
+                              remat=spec.remat)
+    except (FileNotFoundError, ValueError) as e:
+      raise ConfigError(f"--model-path {path}: {e}") from e
+    return _adapt(config, model, vocab_size, num_labels)
+
+
+def build_named_model(config: TrainConfig, *, vocab_size: int = data_lib.ByteTokenizer.vocab_size,
+                      num_labels: int | None = None) -> nnx.Module:
+  """The randomly initialised model `config.model.name`, adapted like `load_model`'s;
+  called inside the run's mesh (`jax.set_mesh`), also under `nnx.eval_shape`."""
+  spec = config.model
+  try:
+    overrides = {} if spec.max_positions is None else {
+        "max_position_embeddings": spec.max_positions}
+    model_config = config_by_name(spec.name, **overrides)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  model = build_model(
+      model_config, dtype=jnp.bfloat16 if spec.param_dtype == "bfloat16" else jnp.float32,
+      compute_dtype=jnp.bfloat16 if spec.compute_dtype == "bfloat16" else jnp.float32,
+      sharding=ShardingConfig.fsdp_tp(), remat=spec.remat, rngs=nnx.Rngs(config.seed))
+  return _adapt(config, model, vocab_size, num_labels)
+
+
+def _adapt(config: TrainConfig, model, vocab_size: int, num_labels: int | None) -> nnx.Module:
+  """Checks the model fits the data, then adds the adapter and the head."""
+  if config.data.seq_len > model.config.max_position_embeddings:
+    raise ConfigError(f"seq_len {config.data.seq_len} exceeds the model's context "
+                      f"{model.config.max_position_embeddings}")
+  if model.config.vocab_size < vocab_size:
+    raise ConfigError(f"the tokenizer has {vocab_size} tokens, the model's vocabulary only "
+                      f"{model.config.vocab_size}: pass the model's own tokenizer")
+  if config.lora is not None:
+    try:
+      apply_lora(model, config.lora, rngs=nnx.Rngs(params=jax.random.fold_in(
+          jax.random.key(config.seed), 1)))
+    except ValueError as e:
+      raise ConfigError(f"LoRA: {e}") from e
+  if num_labels is not None:
+    heads.add_score_head(model, num_labels, rngs=nnx.Rngs(params=jax.random.fold_in(
+        jax.random.key(config.seed), 2)))
   return model
 
 

@@ -18,7 +18,7 @@ usable row is an error (`DataError`).
 ...                 ClassificationExample("x" * 40, 0)), rows_read=3,
 ...                 skipped={"missing field 'label'": 1}, label_names=("neg", "pos"))
 >>> data = encode_classification(task, ByteTokenizer(), seq_len=8)
->>> data.tokens[0].tolist(), data.attention_mask[0].sum(), data.labels.tolist()
+>>> data.tokens[0].tolist(), int(data.attention_mask[0].sum()), data.labels.tolist()
 ([103, 111, 111, 100, 255, 255, 255, 255], 4, [1])
 >>> dict(data.skipped)
 {"missing field 'label'": 1, 'longer than seq_len': 1}
