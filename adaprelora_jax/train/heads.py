@@ -26,11 +26,15 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from adaprelora_jax.models.attention import make_context
 from adaprelora_jax.models.base import CausalLM
+from adaprelora_jax.models.sharding import DATA, FSDP
 from adaprelora_jax.train.step import LossSums, causal_lm_loss
 
 # Hugging Face's module name of the head (Llama, Mistral, Qwen2 and GPT-2 alike).
@@ -114,28 +118,46 @@ LOSSES: dict[str, Callable[..., LossSums]] = {
     "text": causal_lm_loss, "choice": causal_lm_loss, "classification": classification_loss}
 
 
-def jitted(fn: Callable, model: nnx.Module) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def jitted(fn: Callable, model: nnx.Module, mesh: jax.sharding.Mesh | None = None
+           ) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """`fn(model, tokens, attention_mask)` as a jitted callable of the two arrays (the
-  model's state an argument, not a constant baked into the program)."""
+  model's state an argument, not a constant baked into the program). With the `mesh` the
+  model lives on, calls run in it, the batch split over its data-parallel axes (padded
+  to a multiple of their size; the padding rows are dropped from the result)."""
   graphdef, state = nnx.split(model)
 
   @jax.jit
   def run(state, tokens, attention_mask):
     return fn(nnx.merge(graphdef, state), tokens, attention_mask)
 
-  return lambda tokens, attention_mask: run(state, jnp.asarray(tokens, jnp.int32),
-                                            jnp.asarray(attention_mask, bool))
+  def call(tokens, attention_mask):
+    tokens = np.asarray(tokens, np.int32)
+    attention_mask = np.asarray(attention_mask, bool)
+    if mesh is None:
+      return run(state, tokens, attention_mask)
+    n, parallel = len(tokens), mesh.shape[DATA] * mesh.shape[FSDP]
+    pad = -n % parallel
+    tokens, attention_mask = (np.concatenate([x, np.repeat(x[:1], pad, 0)])
+                              for x in (tokens, attention_mask))
+    batch = NamedSharding(mesh, P((DATA, FSDP), None))
+    with jax.set_mesh(mesh):
+      out = run(state, jax.device_put(tokens, batch), jax.device_put(attention_mask, batch))
+    return out[:n]
+
+  return call
 
 
-def class_logits_fn(model: CausalLM) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def class_logits_fn(model: CausalLM, mesh: jax.sharding.Mesh | None = None
+                    ) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """The evaluation's `class_logits(tokens int32[b, L], attention_mask bool[b, L]) ->
-  float32[b, num_labels]` of a model with a head."""
+  float32[b, num_labels]` of a model with a head (on `mesh`, if it lives on one)."""
   if not has_score_head(model):
     raise ValueError("the model has no classification head (add_score_head)")
-  return jitted(class_logits, model)
+  return jitted(class_logits, model, mesh)
 
 
-def lm_logits_fn(model: CausalLM) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def lm_logits_fn(model: CausalLM, mesh: jax.sharding.Mesh | None = None
+                 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """The evaluation's `lm_logits(tokens int32[b, L], attention_mask bool[b, L]) ->
-  float32[b, L, vocab]`."""
-  return jitted(lm_logits, model)
+  float32[b, L, vocab]` (on `mesh`, if the model lives on one)."""
+  return jitted(lm_logits, model, mesh)

@@ -70,9 +70,11 @@ class TrainResult:
   # The final trainable parameters, as host NumPy arrays.
   params: Any
   seconds: float
-  # The trained model (adapters and head in place, on the mesh) and the run's data
-  # (tokenizer, rows, and the evaluation split's records for a task).
+  # The trained model (adapters and head in place) on the run's `mesh` (call it inside
+  # `jax.set_mesh(mesh)`; `heads.class_logits_fn(model, mesh)` / `lm_logits_fn` do), and
+  # the run's data (tokenizer, rows, and the evaluation split's records for a task).
   model: nnx.Module | None = None
+  mesh: jax.sharding.Mesh | None = None
   data: RunData | None = None
 
 
@@ -405,7 +407,7 @@ def _run(config, output_dir, split, state, optimizer, schedule, mesh, run_data, 
   return TrainResult(output_dir=output_dir, step=step, start_step=start_step, losses=losses,
                      eval_losses=eval_losses, adapter_dir=adapter_dir, base_dir=base_dir,
                      params=host_params, seconds=time.time() - started,
-                     model=split.merge(params), data=run_data)
+                     model=split.merge(params), mesh=mesh, data=run_data)
 
 
 def _export(config, output_dir, split, host_params, lead) -> tuple[Path | None, Path | None]:
