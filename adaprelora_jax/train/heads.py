@@ -35,6 +35,7 @@ from jax.sharding import PartitionSpec as P
 from adaprelora_jax.models.attention import make_context
 from adaprelora_jax.models.base import CausalLM
 from adaprelora_jax.models.sharding import DATA, FSDP
+from adaprelora_jax.train.sharding import to_host
 from adaprelora_jax.train.step import LossSums, causal_lm_loss
 
 # Hugging Face's module name of the head (Llama, Mistral, Qwen2 and GPT-2 alike).
@@ -123,7 +124,8 @@ def jitted(fn: Callable, model: nnx.Module, mesh: jax.sharding.Mesh | None = Non
   """`fn(model, tokens, attention_mask)` as a jitted callable of the two arrays (the
   model's state an argument, not a constant baked into the program). With the `mesh` the
   model lives on, calls run in it, the batch split over its data-parallel axes (padded
-  to a multiple of their size; the padding rows are dropped from the result)."""
+  to a multiple of their size; the padding rows are dropped from the result) and the
+  result comes back as a host NumPy array, gathered from every host."""
   graphdef, state = nnx.split(model)
 
   @jax.jit
@@ -142,7 +144,7 @@ def jitted(fn: Callable, model: nnx.Module, mesh: jax.sharding.Mesh | None = Non
     batch = NamedSharding(mesh, P((DATA, FSDP), None))
     with jax.set_mesh(mesh):
       out = run(state, jax.device_put(tokens, batch), jax.device_put(attention_mask, batch))
-    return out[:n]
+    return to_host(out)[:n]
 
   return call
 
