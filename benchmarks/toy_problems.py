@@ -190,7 +190,8 @@ def main(argv=None):
 
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  (out / "toy_problems.md").write_text(table + "\n")
+  (out / "toy_problems.md").write_text(
+      "# Toy problems: the optimizers on three factorization problems\n\n" + table + "\n")
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt

@@ -107,6 +107,8 @@ def lora_pro_full(
                   dimension_numbers=dimension_numbers, mu_dtype=mu_dtype)
 
 
+#: The optimizers of the package by name (read-only): ``optimizers[name](learning_rate,
+#: **kwargs)`` returns an ``optax.GradientTransformation``; the names are SPEC section 5's.
 optimizers = types.MappingProxyType({
     "adaprelora": adaprelora,
     "adamw": adamw,

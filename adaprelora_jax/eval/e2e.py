@@ -20,7 +20,7 @@ def e2e_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]])
     references: all references of each MR (e.g. from `read_e2e_references`).
 
   Returns:
-    `{name: {"score": float, "implementation": str}}` for `BLEU`, `NIST`, `METEOR`,
+    dict: `{name: {"score": float, "implementation": str}}` for `BLEU`, `NIST`, `METEOR`,
     `ROUGE_L`, `CIDEr`.
   """
   _checks.check_pairs(predictions, references)

@@ -1,8 +1,9 @@
 """E2E NLG references: the rows of an E2E CSV grouped by meaning representation (MR)."""
 
-import csv
 from collections.abc import Iterable
 import os
+
+from adaprelora_jax.data import files
 
 
 def group_e2e_references(rows: Iterable[tuple[str, str]]) -> tuple[list[str], list[list[str]]]:
@@ -38,16 +39,16 @@ def group_e2e_references(rows: Iterable[tuple[str, str]]) -> tuple[list[str], li
 
 
 def read_e2e_references(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
-  """Reads an E2E CSV (columns `mr`, `ref`) and groups it with `group_e2e_references`.
+  """Reads an E2E file (columns `mr`, `ref`) and groups it with `group_e2e_references`.
 
   Args:
-    path: a CSV file such as `testset_w_refs.csv`.
+    path: a CSV file such as `testset_w_refs.csv` (or a JSON, JSON-lines or Parquet file
+      with those fields; see `adaprelora_jax.data.files`).
 
   Returns:
-    `(mrs, references)` as `group_e2e_references` returns them.
+    `(mrs, references)` as `group_e2e_references` returns them, references verbatim.
   """
-  with open(path, newline="", encoding="utf-8") as f:
-    reader = csv.DictReader(f)
-    if reader.fieldnames is None or not {"mr", "ref"} <= set(reader.fieldnames):
-      raise ValueError(f"{path}: expected the columns 'mr' and 'ref', found {reader.fieldnames}")
-    return group_e2e_references((row["mr"], row["ref"]) for row in reader)
+  rows = files.read_file(path)
+  if not {"mr", "ref"} <= set(rows.fields):
+    raise ValueError(f"{path}: expected the columns 'mr' and 'ref', found {list(rows.fields)}")
+  return group_e2e_references((row.get("mr", ""), row.get("ref", "")) for row in rows.rows)

@@ -86,7 +86,7 @@ def glue_metric(task: str, preds: Sequence[int], labels: Sequence[int]) -> dict[
     labels: gold class ids.
 
   Returns:
-    `{metric name: value}`.
+    dict: `{metric name: value}`.
 
   Example:
     >>> glue_metric("MRPC", [1, 1, 0, 0], [1, 0, 1, 0])

@@ -51,7 +51,7 @@ def multiple_choice_accuracy(log_likelihoods: Sequence[Sequence[float]],
     labels: the index of the correct choice of each question.
 
   Returns:
-    `{"acc": ..., "acc_norm": ...}`.
+    dict: `{"acc": ..., "acc_norm": ...}`.
 
   Example:
     >>> multiple_choice_accuracy([[-2.0, -3.0]], [[1, 3]], [1])  # -2/1 < -3/3

@@ -57,8 +57,8 @@ def generate(
     num_return_sequences: beam search: how many of the best beams to return per row.
 
   Returns:
-    The sequences, cropped like transformers' output (greedy: to the step where every
-    row had finished; beam search: to the longest returned hypothesis).
+    The sequences, cropped like transformers' output (for greedy search, to the step where
+    every row had finished; for beam search, to the longest returned hypothesis).
   """
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")

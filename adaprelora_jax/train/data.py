@@ -18,55 +18,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from adaprelora_jax.data.e2e import render_mr
+from adaprelora_jax.data.tokenizers import ByteTokenizer
+from adaprelora_jax.data.tokenizers import TokenIds as Example
 from adaprelora_jax.train.config import ConfigError
-
-_MR_ITEM = re.compile(r"\s*([^\[\],]+?)\s*\[([^\]]*)\]\s*(?:,|$)")
-
-
-def render_mr(mr: str) -> str:
-  """The prompt of an E2E meaning representation: `key: value` pairs joined by `; `,
-  then a newline. Raises ValueError for text that is not `key[value], ...`."""
-  items, pos = [], 0
-  mr = mr.strip()
-  while pos < len(mr):
-    match = _MR_ITEM.match(mr, pos)
-    if match is None:
-      raise ValueError(f"not an E2E meaning representation: {mr!r}")
-    items.append(f"{match[1]}: {match[2]}")
-    pos = match.end()
-  if not items:
-    raise ValueError("empty meaning representation")
-  return "; ".join(items) + "\n"
-
-
-@dataclasses.dataclass(frozen=True)
-class Example:
-  """Token ids of a prompt and of its target (the loss is on the target only)."""
-
-  prompt: list[int]
-  target: list[int]
-
-
-class ByteTokenizer:
-  """UTF-8 bytes as token ids 0..255; 255 (never a UTF-8 byte) ends a target and pads."""
-
-  vocab_size = 256
-  eos_id = 255
-
-  def encode(self, text: str) -> list[int]:
-    return list(text.encode("utf-8"))
-
-  def decode(self, ids: Sequence[int]) -> str:
-    return bytes(i for i in ids if i != self.eos_id).decode("utf-8", errors="replace")
-
-  def example(self, prompt: str, target: str) -> Example:
-    return Example(self.encode(prompt), self.encode(target) + [self.eos_id])
 
 
 @dataclasses.dataclass(frozen=True)

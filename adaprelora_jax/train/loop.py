@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adaprelora_jax.data import TaskData
+from adaprelora_jax.data import TaskData, load_task, load_tokenizer
 from adaprelora_jax.lora import apply_lora, lora_scale_of
 from adaprelora_jax.models import ShardingConfig, build_model, config_by_name, from_pretrained
 from adaprelora_jax.train import data as data_lib
@@ -93,36 +93,14 @@ class RunData:
   label_names: tuple[str, ...] = ()
 
 
-def load_tokenizer(path: str | None):
-  """The byte-level tokenizer (None) or a local tokenizer folder."""
-  if path is None:
-    return data_lib.ByteTokenizer()
-  try:
-    from adaprelora_jax.data import load_tokenizer as load  # noqa: PLC0415
-  except ImportError as e:
-    raise ConfigError(f"--tokenizer {path}: this installation has no "
-                      "adaprelora_jax.data.load_tokenizer") from e
-  return load(path)
-
-
-def load_task_split(task: str, source: str, split: str, max_rows: int | None) -> TaskData:
-  """`adaprelora_jax.data.load_task` (DataError for a file that cannot be used)."""
-  try:
-    from adaprelora_jax.data import load_task  # noqa: PLC0415
-  except ImportError as e:
-    raise ConfigError(f"task {task!r}: this installation has no adaprelora_jax.data."
-                      "load_task") from e
-  return load_task(task, source, split, max_rows=max_rows)
-
-
 def _task_data(config: TrainConfig) -> RunData:
   d = config.data
   if not d.train_source:
     raise ConfigError(f"config {config.name!r} trains on task {d.task!r}: pass "
                       "--train-source (a file, folder or dataset name)")
   tok = load_tokenizer(d.tokenizer)
-  train_task = load_task_split(d.task, d.train_source, d.train_split, d.train_rows)
-  eval_task = (load_task_split(d.task, d.eval_source, d.eval_split, d.eval_rows)
+  train_task = load_task(d.task, d.train_source, d.train_split, max_rows=d.train_rows)
+  eval_task = (load_task(d.task, d.eval_source, d.eval_split, max_rows=d.eval_rows)
                if d.eval_source else None)
   if d.family == "classification":
     train = tasks.encode_classification(train_task, tok, d.seq_len)

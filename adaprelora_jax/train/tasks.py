@@ -28,29 +28,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Protocol
 
 import numpy as np
 
 from adaprelora_jax.data import ChoiceExample, ClassificationExample, DataError, TaskData
-from adaprelora_jax.data import TextExample
+from adaprelora_jax.data import TextExample, Tokenizer
 from adaprelora_jax.train import data as data_lib
 
 TOO_LONG = "longer than seq_len"
 
 
-class Tokenizer(Protocol):
-  """What the training side needs of a tokenizer (`ByteTokenizer`, `load_tokenizer`)."""
-
-  vocab_size: int
-  eos_id: int
-
-  def encode(self, text: str) -> list[int]: ...
-
-  def decode(self, ids) -> str: ...
-
-
-def pad_id_of(tokenizer) -> int:
+def pad_id_of(tokenizer: Tokenizer) -> int:
   """The tokenizer's padding id (its end token when it has none)."""
   pad = getattr(tokenizer, "pad_id", None)
   return tokenizer.eos_id if pad is None else int(pad)

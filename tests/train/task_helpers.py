@@ -1,65 +1,70 @@
-"""Small learnable task splits built by hand from the records of `adaprelora_jax.data`
-(one per record family), and a stand-in for the loaders that serves them."""
+"""Small learnable task files in the Hugging Face export formats (JSONL), one per record
+family, for the task tests: read by `adaprelora_jax.data.load_task` like real ones."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
-from adaprelora_jax.data import ChoiceExample, ClassificationExample, DataError, TaskData
-from adaprelora_jax.data import TextExample
-
-# The last letter tells the class (the head reads the last token's hidden state).
+# The sentiment is the adjective's.
 POSITIVE = ("great", "nice", "fun", "superb")
 NEGATIVE = ("awful", "poor", "dull", "weak")
 
 
-def glue_split(n: int, seed: int, split: str = "train") -> TaskData:
-  """SST-2-like sentences: the label is whether the adjective is a positive one."""
+def glue_rows(n: int, seed: int) -> list[dict]:
+  """SST-2 rows (`sentence`, `label`, `idx`)."""
   rng = np.random.default_rng(seed)
-  examples = []
-  for _ in range(n):
+  rows = []
+  for i in range(n):
     label = int(rng.integers(2))
     word = rng.choice(POSITIVE if label else NEGATIVE)
-    examples.append(ClassificationExample(f"the film was {word}", label))
-  return TaskData("glue/sst2", split, "memory", tuple(examples), rows_read=n + 1,
-                  skipped={"missing field 'label'": 1}, label_names=("negative", "positive"))
+    rows.append({"sentence": f"the film was {word}", "label": label, "idx": i})
+  return rows
 
 
-def gsm8k_split(n: int, seed: int, split: str = "train") -> TaskData:
-  """GSM8K-like sums with the solution ending in `#### answer`."""
+def gsm8k_rows(n: int, seed: int) -> list[dict]:
+  """GSM8K rows (`question`, `answer` ending in `#### final`): sums."""
   rng = np.random.default_rng(seed)
-  examples = []
+  rows = []
   for _ in range(n):
     a, b = (int(x) for x in rng.integers(1, 10, 2))
-    examples.append(TextExample(f"Question: What is {a} plus {b}?\nAnswer:",
-                                f" {a} + {b} = {a + b}\n#### {a + b}", (str(a + b),)))
-  return TaskData("gsm8k", split, "memory", tuple(examples), rows_read=n)
+    rows.append({"question": f"{a} plus {b}?", "answer": f"{a}+{b}={a + b}\n#### {a + b}"})
+  return rows
 
 
-def arc_split(n: int, seed: int, split: str = "train") -> TaskData:
-  """ARC-like questions whose right choice is always the capital of a letter."""
+def arc_rows(n: int, seed: int) -> list[dict]:
+  """ARC rows (`id`, `question`, `choices` {text, label}, `answerKey`): the right choice
+  is the capital of the asked letter."""
   rng = np.random.default_rng(seed)
-  examples = []
-  for _ in range(n):
+  rows = []
+  for i in range(n):
     letter = chr(ord("a") + int(rng.integers(26)))
-    wrong = [chr(ord("a") + int(x)) for x in rng.integers(26, size=3)]
-    choices = [letter.upper()] + wrong
+    texts = [letter.upper()] + [chr(ord("a") + int(x)) for x in rng.integers(26, size=3)]
     order = rng.permutation(4)
-    shuffled = tuple(choices[i] for i in order)
-    answer = int(np.argmin(order))
-    listing = "\n".join(f"{k}. {c}" for k, c in zip("ABCD", shuffled))
-    examples.append(ChoiceExample(f"Question: capital of {letter}?\n{listing}\nAnswer:",
-                                  tuple(" " + c for c in shuffled), answer))
-  return TaskData("arc/challenge", split, "memory", tuple(examples), rows_read=n)
+    rows.append({"id": str(i), "question": f"capital {letter}?",
+                 "choices": {"text": [texts[k] for k in order], "label": list("ABCD")},
+                 "answerKey": "ABCD"[int(np.argmin(order))]})
+  return rows
 
 
-SPLITS = {"glue/sst2": glue_split, "gsm8k": gsm8k_split, "arc/challenge": arc_split}
+ROWS = {"glue/sst2": glue_rows, "gsm8k": gsm8k_rows, "arc/challenge": arc_rows}
 
 
-def fake_load_task(task: str, source: str, split: str, max_rows: int | None = None):
-  """Stands in for `adaprelora_jax.data.load_task`: source "bad" is an unusable file."""
-  if source == "bad":
-    raise DataError(f"{source}: no field 'sentence' (found 'text')")
-  n = 96 if split == "train" else 16
-  n = n if max_rows is None else min(n, max_rows)
-  return SPLITS[task](n, 0 if split == "train" else 1, split)
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return path
+
+
+def write_task(folder: Path, task: str, n_train: int = 96, n_eval: int = 16,
+               ) -> tuple[Path, Path]:
+  """`train.jsonl` and `validation.jsonl` of `task` in `folder` (plus one bad row each:
+  a row without the label / answer field, which the loader counts and skips)."""
+  make = ROWS[task]
+  bad = {"glue/sst2": {"sentence": "no label"}, "gsm8k": {"question": "no answer"},
+         "arc/challenge": {"question": "no choices", "answerKey": "A"}}[task]
+  name = task.replace("/", "_")
+  return (write_jsonl(folder / name / "train.jsonl", make(n_train, 0) + [bad]),
+          write_jsonl(folder / name / "validation.jsonl", make(n_eval, 1) + [bad]))

@@ -4,6 +4,7 @@ and bad input at the command."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -12,9 +13,9 @@ import numpy as np
 import pytest
 import safetensors.numpy
 from flax import nnx
-from task_helpers import arc_split, fake_load_task, glue_split, gsm8k_split
+from task_helpers import write_jsonl, write_task
 
-from adaprelora_jax.data import ChoiceExample, DataError, TaskData, TextExample
+from adaprelora_jax.data import ChoiceExample, DataError, TaskData, TextExample, load_task
 from adaprelora_jax.eval import target_log_likelihoods
 from adaprelora_jax.models import build_model, config_by_name
 from adaprelora_jax.train import cli, loop, tasks
@@ -69,16 +70,22 @@ def test_choice_rows_score_each_choice_like_the_unpadded_model():
   assert rows.loss_mask.sum(-1).tolist() == [5, 6, 8, 2, 2]
 
 
-def _run(tmp_path, monkeypatch, name, **changes):
-  monkeypatch.setattr(loop, "load_task_split", fake_load_task)
-  config = train_config(name, train_source="train.jsonl", eval_source="eval.jsonl",
+TASK_OF = {"llama_tiny_glue": "glue/sst2", "llama_tiny_gsm8k": "gsm8k",
+           "llama_tiny_arc": "arc/challenge"}
+
+
+def _run(tmp_path, name, **changes):
+  """A tiny config on small files it reads with the task's loader, on 2 devices."""
+  train_file, eval_file = write_task(tmp_path / "data", TASK_OF[name])
+  config = train_config(name, train_source=str(train_file), eval_source=str(eval_file),
                         seq_len=64, **changes)
   return loop.train(config, tmp_path / name, progress=False, print_fn=lambda _: None,
                     devices=jax.devices()[:2])
 
 
-def test_tiny_glue_trains_head_and_lora(tmp_path, monkeypatch):
-  result = _run(tmp_path, monkeypatch, "llama_tiny_glue", checkpoint_every=10)
+def test_tiny_glue_trains_head_and_lora(tmp_path):
+  result = _run(tmp_path, "llama_tiny_glue", checkpoint_every=60)
+  assert dict(result.data.train.skipped) == {"missing field 'label'": 1}
   losses = [loss for _, loss in result.losses]
   print(f"\nllama_tiny_glue losses {losses[0]:.3f} -> {losses[-1]:.3f}, eval "
         f"{result.eval_losses[-1][1]:.3f}")
@@ -97,14 +104,14 @@ def test_tiny_glue_trains_head_and_lora(tmp_path, monkeypatch):
   print(f"llama_tiny_glue eval accuracy {np.mean(logits.argmax(-1) == evaluation.labels):.3f}")
   assert np.mean(logits.argmax(-1) == evaluation.labels) >= 0.9
   # The checkpoint holds the head: a resumed run starts from the trained one.
-  resumed = _run(tmp_path, monkeypatch, "llama_tiny_glue", checkpoint_every=10, max_steps=22)
-  assert resumed.start_step == 20
+  resumed = _run(tmp_path, "llama_tiny_glue", checkpoint_every=60, max_steps=122)
+  assert resumed.start_step == 120
   assert resumed.losses[0][1] < 0.5 * losses[0]
 
 
-def test_tiny_gsm8k_and_arc_train_as_lm(tmp_path, monkeypatch):
-  gsm8k = _run(tmp_path, monkeypatch, "llama_tiny_gsm8k")
-  arc = _run(tmp_path, monkeypatch, "llama_tiny_arc")
+def test_tiny_gsm8k_and_arc_train_as_lm(tmp_path):
+  gsm8k = _run(tmp_path, "llama_tiny_gsm8k")
+  arc = _run(tmp_path, "llama_tiny_arc")
   for result in (gsm8k, arc):
     losses = [loss for _, loss in result.losses]
     print(f"\n{result.output_dir.name} losses {losses[0]:.3f} -> {losses[-1]:.3f}, eval "
@@ -120,24 +127,20 @@ def test_tiny_gsm8k_and_arc_train_as_lm(tmp_path, monkeypatch):
   assert scores.shape == (len(rows),) and np.all(scores < 0)
 
 
-@pytest.mark.parametrize("args, message, loaded", [
-    (["--train-source", "bad"], "no field 'sentence'", ["glue/sst2"]),
-    ([], "pass --train-source", []),
-    (["--train-source", "x", "--seq-len", "8"], "no usable row with seq_len 8", ["glue/sst2"]),
-    (["--train-source", "x", "--task", "gsm8k"], "expected TextExample", ["gsm8k"]),
-    (["--train-source", "x", "--config", "gpt2_e2e_tiny", "--task", "gsm8k"],
-     "needs data kind 'task'", []),
-], ids=["malformed-file", "no-source", "all-rows-too-long", "wrong-records", "not-a-task"])
-def test_command_bad_task_input_exits_2(tmp_path, monkeypatch, capsys, args, message, loaded):
-  """A file without a usable row, a missing source, records of another family: a
-  one-line message and exit status 2, before any model is built."""
-  seen = []
-
-  def loader(task, source, split, max_rows=None):
-    seen.append(task)
-    return fake_load_task("glue/sst2", source, split, max_rows)
-
-  monkeypatch.setattr(loop, "load_task_split", loader)
+@pytest.mark.parametrize("args, message", [
+    (["--train-source", "{bad}"], "needs the fields"),
+    ([], "pass --train-source"),
+    (["--train-source", "{good}", "--seq-len", "8"], "no usable row with seq_len 8"),
+    (["--train-source", "{good}", "--task", "gsm8k"], "needs the fields ['question'"),
+    (["--train-source", "{good}", "--config", "gpt2_e2e_tiny", "--task", "gsm8k"],
+     "needs data kind 'task'"),
+], ids=["malformed-file", "no-source", "all-rows-too-long", "other-task", "not-a-task"])
+def test_command_bad_task_input_exits_2(tmp_path, capsys, args, message):
+  """A file without the task's fields or without a usable row, a missing source, a task
+  flag on a config without tasks: a one-line message and exit status 2."""
+  good, _ = write_task(tmp_path, "glue/sst2", 4, 1)
+  bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "a film", "label": 1}])
+  args = [a.format(good=good, bad=bad) for a in args]
   with pytest.raises(SystemExit) as exit_info:
     cli.main(["--config", "llama_tiny_glue", *args, "--output-dir", str(tmp_path / "out"),
               "--no-progress"])
@@ -145,12 +148,24 @@ def test_command_bad_task_input_exits_2(tmp_path, monkeypatch, capsys, args, mes
   err = capsys.readouterr().err
   assert err.startswith("adaprelora-finetune: error:") and message in err, err
   assert "Traceback" not in err
-  assert seen == loaded
+  assert not (tmp_path / "out" / "checkpoints").exists() or not any(
+      (tmp_path / "out" / "checkpoints").iterdir())
 
 
-def test_records_that_cannot_train_are_data_errors():
+def test_records_that_cannot_train_are_data_errors(tmp_path):
+  glue, _ = write_task(tmp_path, "glue/sst2", 4, 1)
+  gsm8k, _ = write_task(tmp_path, "gsm8k", 4, 1)
   with pytest.raises(DataError, match="no usable row"):
-    tasks.encode_classification(glue_split(4, 0), TOK, seq_len=4)
+    tasks.encode_classification(load_task("glue/sst2", glue), TOK, seq_len=8)
   with pytest.raises(DataError, match="expected ClassificationExample"):
-    tasks.encode_classification(gsm8k_split(2, 0), TOK, seq_len=64)
-  assert len(tasks.encode_choice_training(arc_split(3, 0), TOK, 64)) == 3
+    tasks.encode_classification(load_task("gsm8k", gsm8k), TOK, seq_len=64)
+  with pytest.raises(DataError, match="needs its label_names"):
+    tasks.encode_classification(dataclasses.replace(load_task("glue/sst2", glue),
+                                                    label_names=()), TOK, seq_len=64)
+
+
+def test_config_tasks_are_the_loaders():
+  from adaprelora_jax.data import TASKS  # noqa: PLC0415
+  from adaprelora_jax.train.config import TASK_FAMILIES  # noqa: PLC0415
+
+  assert set(TASK_FAMILIES) == set(TASKS)
