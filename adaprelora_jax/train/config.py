@@ -383,12 +383,12 @@ def llama_tiny_glue() -> TrainConfig:
 
 def llama_tiny_gsm8k() -> TrainConfig:
   """`qwen2_7b_gsm8k` at CPU size."""
-  return _task_tiny("llama_tiny_gsm8k", "gsm8k", 128, 1e-2)
+  return _task_tiny("llama_tiny_gsm8k", "gsm8k", 128, 1e-2, max_steps=30)
 
 
 def llama_tiny_arc() -> TrainConfig:
   """`qwen2_7b_arc` at CPU size (arc/challenge; `--task arc/easy` for the other)."""
-  return _task_tiny("llama_tiny_arc", "arc/challenge", 128, 1e-2)
+  return _task_tiny("llama_tiny_arc", "arc/challenge", 128, 1e-2, max_steps=30)
 
 
 CONFIGS: dict[str, Callable[[], TrainConfig]] = {
