@@ -61,7 +61,21 @@ def test_7b_config_shards_as_planned(lowered, name):
   assert [x.shape for x in step.batch][0] == (1, config.batch_size, config.data.seq_len)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+def test_qwen2_arc_step_is_the_gsm8k_program_up_to_the_schedule(lowered):
+  """ARC trains as LM like GSM8K on the same model and batch shape: with GSM8K's step
+  count and warmup (the schedule's constants) its lowered program is GSM8K's, so
+  compiling the GSM8K step below covers it."""
+  gsm8k = config_by_name("qwen2_7b_gsm8k")
+  arc = config_by_name("qwen2_7b_arc", max_steps=gsm8k.max_steps,
+                       warmup_steps=gsm8k.optim.warmup_steps,
+                       learning_rate=gsm8k.optim.learning_rate)
+  assert arc.replace(task="gsm8k", name=gsm8k.name, eval_split=gsm8k.data.eval_split) == gsm8k
+  text = lower_train_step(arc, jax.devices()[:8]).lowered.as_text()
+  assert text == lowered["qwen2_7b_gsm8k"].lowered.as_text()
+  assert lowered["qwen2_7b_arc"].lowered.as_text() != text  # the schedule differs
+
+
+@pytest.mark.parametrize("name", ["mistral_7b_glue", "qwen2_7b_gsm8k"])
 def test_7b_train_step_compiles(lowered, name):
   step = lowered[name]
   memory = step.lowered.compile().memory_analysis()

@@ -99,7 +99,8 @@ def test_tiny_glue_trains_head_and_lora(tmp_path):
       "modules_to_save"] == ["score"]
   # The evaluation's callable on the evaluation split.
   evaluation = result.data.eval
-  logits = np.asarray(class_logits_fn(result.model, result.mesh)(evaluation.tokens, evaluation.attention_mask))
+  class_logits = class_logits_fn(result.model, result.mesh)
+  logits = np.asarray(class_logits(evaluation.tokens, evaluation.attention_mask))
   assert logits.shape == (len(evaluation), 2)
   print(f"llama_tiny_glue eval accuracy {np.mean(logits.argmax(-1) == evaluation.labels):.3f}")
   assert np.mean(logits.argmax(-1) == evaluation.labels) >= 0.9
