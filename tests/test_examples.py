@@ -24,10 +24,16 @@ def test_lora_gpt2_example_trains_only_lora_and_loss_falls():
 
 def test_llm_finetune_example_runs_a_tiny_task_config(tmp_path, capsys):
   """The 7B example's CPU counterpart: llama_tiny_arc on a small ARC file (multiple
-  choice trained as LM on the right choice); the loss falls and the adapter is written."""
+  choice trained as LM on the right choice); the loss falls, the adapter is written, and
+  the evaluation's `lm_logits` callable scores every (question, choice) row."""
   import json  # noqa: PLC0415
 
+  import jax.numpy as jnp  # noqa: PLC0415
   import llm_finetune  # noqa: E402, PLC0415
+
+  from adaprelora_jax.eval import target_log_likelihoods  # noqa: PLC0415
+  from adaprelora_jax.train.heads import lm_logits_fn  # noqa: PLC0415
+  from adaprelora_jax.train.tasks import encode_choice_rows  # noqa: PLC0415
 
   rows = [{"question": f"capital {c}?", "answerKey": "B",
            "choices": {"text": ["x", c.upper(), "y"], "label": ["A", "B", "C"]}}
@@ -42,3 +48,9 @@ def test_llm_finetune_example_runs_a_tiny_task_config(tmp_path, capsys):
   assert (result.adapter_dir / "adapter_model.safetensors").is_file()
   out = capsys.readouterr().out
   assert "llama_tiny_arc (arc/challenge): loss" in out and "eval_loss" in out
+  print(f"llama_tiny_arc losses {losses[0]:.3f} -> {losses[-1]:.3f}")
+  rows = encode_choice_rows(result.data.eval_task, result.data.tokenizer, 128)
+  logits = lm_logits_fn(result.model, result.mesh)(rows.tokens[:, :-1], rows.attention_mask)
+  scores = np.asarray(target_log_likelihoods(jnp.asarray(logits), jnp.asarray(rows.tokens[:, 1:]),
+                                             jnp.asarray(rows.loss_mask)))
+  assert scores.shape == (3 * 16,) and np.all(scores < 0)
