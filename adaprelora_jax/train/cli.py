@@ -25,11 +25,21 @@ examples:
       --train-file e2e/trainset.csv --mesh fsdp=2,tensor=4 --output-dir runs/medium
   adaprelora-finetune --config gpt2_e2e_tiny --output-dir runs/e2e --eval-only \\
       --eval-file ../shared/data/e2e/testset_w_refs.csv --eval-rows 200
+  adaprelora-finetune --config mistral_7b_glue --task glue/mnli --model-path Mistral-7B-v0.1/ \\
+      --tokenizer Mistral-7B-v0.1/ --train-source glue/mnli/train.parquet \\
+      --eval-source glue/mnli/validation_matched.parquet --output-dir runs/mnli
+  adaprelora-finetune --config llama_tiny_gsm8k --train-source gsm8k/train.jsonl \\
+      --train-rows 200 --output-dir runs/tiny-gsm8k     # CPU-sized, byte tokenizer
+
+Task configs (mistral_7b_glue, qwen2_7b_gsm8k, qwen2_7b_arc and their CPU-sized
+llama_tiny_* counterparts) read --train-source / --eval-source: a JSON, JSONL or Parquet
+file, a folder, or a Hugging Face dataset name (online only); see docs/training.md.
 
 Run the same command again to resume from OUTPUT_DIR/checkpoints (only --max-steps,
 --checkpoint-every and the evaluation settings may change). Multi-host: start one process
 per host with --coordinator-address (or JAX_COORDINATOR_ADDRESS), --num-processes and
---process-id. Exit status: 0 done, 2 bad input, 143 stopped by SIGTERM after saving.
+--process-id. Exit status: 0 done, 2 bad input (config, flags, or a data file without a usable row),
+143 stopped by SIGTERM after saving.
 """
 
 
@@ -67,6 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
                  help="evaluation CSV (columns mr, ref); eval_loss goes to metrics.jsonl")
   p.add_argument("--eval-rows", type=int, metavar="N",
                  help="evaluate on the first N rows of --eval-file only")
+  p.add_argument("--task", choices=config_lib.TASKS,
+                 help="the task of a task config (e.g. glue/mnli for mistral_7b_glue)")
+  p.add_argument("--train-source", metavar="SRC",
+                 help="task configs: training data, a file, folder or dataset name")
+  p.add_argument("--eval-source", metavar="SRC",
+                 help="task configs: evaluation data (eval_loss to metrics.jsonl)")
+  p.add_argument("--train-split", metavar="NAME",
+                 help="task configs: split read from --train-source (default train)")
+  p.add_argument("--eval-split", metavar="NAME",
+                 help="task configs: split read from --eval-source (default: the config's, "
+                      "validation or test)")
+  p.add_argument("--seq-len", type=int, metavar="N",
+                 help="tokens per example (longer rows are skipped and counted)")
+  p.add_argument("--train-rows", type=int, metavar="N",
+                 help="use the first N rows of the training data only")
+  p.add_argument("--tokenizer", metavar="DIR",
+                 help="task configs: local tokenizer folder (default: UTF-8 bytes, for the "
+                      "tiny configs; 7B configs need the base model's own)")
   p.add_argument("--eval-every", type=int, metavar="N",
                  help="evaluate every N steps (and always at the end)")
   p.add_argument("--eval-only", action="store_true",
@@ -111,7 +139,10 @@ _FIELDS = {"learning_rate": "learning_rate", "max_steps": "max_steps",
            "eval_file": "eval_file", "eval_rows": "eval_rows", "eval_every": "eval_every",
            "mesh": "mesh", "checkpoint_every": "checkpoint_every", "base_steps": "base_steps",
            "task_eval": "task_eval", "num_beams": "num_beams",
-           "max_new_tokens": "max_new_tokens"}
+           "max_new_tokens": "max_new_tokens",
+           "task": "task", "train_source": "train_source", "eval_source": "eval_source",
+           "train_split": "train_split", "eval_split": "eval_split",
+           "train_rows": "train_rows", "tokenizer": "tokenizer", "seq_len": "seq_len"}
 
 
 def make_config(args: argparse.Namespace, *, demo: bool) -> config_lib.TrainConfig:
@@ -180,9 +211,11 @@ def main(argv: list[str] | None = None) -> None:
   """Entry point of the console script: messages, not tracebacks, for bad input."""
   from adaprelora_jax.train.loop import PREEMPTED_EXIT, Preempted  # noqa: PLC0415
 
+  from adaprelora_jax.data import DataError  # noqa: PLC0415
+
   try:
     status = run(argv)
-  except config_lib.ConfigError as e:
+  except (config_lib.ConfigError, DataError) as e:
     print(f"adaprelora-finetune: error: {e}", file=sys.stderr)
     status = 2
   except Preempted as e:

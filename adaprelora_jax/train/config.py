@@ -22,7 +22,15 @@ from adaprelora_jax.lora import LoRAConfig
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("float32", "bfloat16")
 TRAINABLE = ("lora", "all")
-DATA_KINDS = ("e2e_csv", "generated", "generated_text")
+DATA_KINDS = ("e2e_csv", "generated", "generated_text", "task")
+# The tasks of `adaprelora_jax.data.load_task` (data kind "task"), by record family:
+# "text" (TextExample: LM on the target), "classification" (ClassificationExample: a
+# head on the last real token) and "choice" (ChoiceExample: LM on the right choice).
+TASK_FAMILIES = {"e2e": "text", "gsm8k": "text", "glue/mnli": "classification",
+                 "glue/sst2": "classification", "glue/cola": "classification",
+                 "glue/qnli": "classification", "glue/mrpc": "classification",
+                 "arc/challenge": "choice", "arc/easy": "choice"}
+TASKS = tuple(TASK_FAMILIES)
 # The package's own small GPT-2-style base, pre-trained on generated text (see base_model).
 PACKAGE_BASE = "package-base"
 
@@ -50,25 +58,43 @@ class ModelSpec:
   base_steps: int | None = None
   # Context length of a named (randomly initialised) config, overriding its own.
   max_positions: int | None = None
-  # Activation dtype; parameters, LoRA factors and optimizer state stay float32.
+  # Activation dtype.
   compute_dtype: str = "float32"
+  # Dtype of the frozen base weights ("bfloat16" halves their memory); LoRA factors, a
+  # classification head and the optimizer state stay float32.
+  param_dtype: str = "float32"
   # Rematerialise each layer in the backward pass (less memory, more compute).
   remat: bool = False
 
   def __post_init__(self):
     _check(self.base_steps is None or self.base_steps > 0,
            f"base_steps must be positive, got {self.base_steps}")
-    _check(self.compute_dtype in DTYPES,
-           f"compute_dtype must be one of {', '.join(DTYPES)}, got {self.compute_dtype!r}")
+    for field in ("compute_dtype", "param_dtype"):
+      _check(getattr(self, field) in DTYPES,
+             f"{field} must be one of {', '.join(DTYPES)}, got {getattr(self, field)!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Where the examples come from and how they become tokens."""
 
-  # "e2e_csv" (columns mr, ref), "generated" (the package's data-to-text task) or
-  # "generated_text" (the package's pre-training text, loss on every token).
+  # "e2e_csv" (columns mr, ref), "generated" (the package's data-to-text task),
+  # "generated_text" (the package's pre-training text, loss on every token) or "task"
+  # (a task of `adaprelora_jax.data`, named by `task`).
   kind: str = "e2e_csv"
+  # kind "task": one of TASKS ("e2e", "gsm8k", "glue/sst2", "arc/challenge", ...).
+  task: str | None = None
+  # kind "task": the training / evaluation data: a file, a folder or a Hugging Face
+  # dataset name (None: no evaluation).
+  train_source: str | None = None
+  eval_source: str | None = None
+  # kind "task": the splits read from the sources.
+  train_split: str = "train"
+  eval_split: str = "validation"
+  # kind "task": a local tokenizer folder (tokenizers / transformers); None: UTF-8 bytes.
+  tokenizer: str | None = None
+  # Use only the first rows of the training source (None: all).
+  train_rows: int | None = None
   # Training CSV (e2e_csv).
   train_file: str | None = None
   # Evaluation CSV; None: no evaluation.
@@ -85,8 +111,19 @@ class DataConfig:
     _check(self.kind in DATA_KINDS,
            f"data kind must be one of {', '.join(DATA_KINDS)}, got {self.kind!r}")
     _check(self.seq_len >= 8, f"seq_len must be at least 8, got {self.seq_len}")
-    _check(self.eval_rows is None or self.eval_rows > 0,
-           f"eval_rows must be positive, got {self.eval_rows}")
+    for field in ("eval_rows", "train_rows"):
+      _check(getattr(self, field) is None or getattr(self, field) > 0,
+             f"{field} must be positive, got {getattr(self, field)}")
+    if self.kind == "task":
+      _check(self.task in TASK_FAMILIES,
+             f"data kind 'task' needs a task, one of {', '.join(TASKS)}; got {self.task!r}")
+    else:
+      _check(self.task is None, f"task {self.task!r} needs data kind 'task', not {self.kind!r}")
+
+  @property
+  def family(self) -> str:
+    """"text", "classification" or "choice" for a task; "text" for the other kinds."""
+    return TASK_FAMILIES[self.task] if self.kind == "task" else "text"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +264,8 @@ class TrainConfig:
 # Fields a resumed run may change; any other difference makes it a different run.
 RESUMABLE_CHANGES = ("max_steps", "checkpoint_every", "keep_checkpoints", "eval_every",
                      "log_every", "mesh", "data.eval_file", "data.eval_rows",
-                     "data.generated_eval", "evaluation.task_eval", "evaluation.num_beams",
+                     "data.generated_eval", "data.eval_source", "data.eval_split",
+                     "evaluation.task_eval", "evaluation.num_beams",
                      "evaluation.max_new_tokens", "evaluation.eval_batch_size")
 
 
@@ -305,11 +343,94 @@ def package_base_pretraining() -> TrainConfig:
       max_steps=300, batch_size=16, checkpoint_every=0)
 
 
+# LoRA of the 7B task runs, as LoRA-Pro's Llama-2-7B setting: rank 8, alpha 16 on every
+# projection of attention and MLP.
+_LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_LLAMA_LORA = LoRAConfig(rank=8, alpha=16, target_modules=_LLAMA_TARGETS)
+# 7B on one 8-chip host: weights split 2 ways by FSDP and 4 ways by tensor parallelism.
+_MESH_7B = "fsdp=2,tensor=4"
+_MODEL_7B = dict(compute_dtype="bfloat16", param_dtype="bfloat16", remat=True)
+
+
+def _task_7b(name: str, model: str, task: str, seq_len: int, eval_split: str,
+             learning_rate: float, max_steps: int) -> TrainConfig:
+  """A paper-scale task run: the bf16 base from `--model-path`, data from
+  `--train-source` / `--eval-source` (nothing is downloaded: local files, or a Hugging
+  Face dataset name when online), 32 examples per step."""
+  return TrainConfig(
+      name=name, model=ModelSpec(name=model, **_MODEL_7B), lora=_LLAMA_LORA,
+      data=DataConfig(kind="task", task=task, seq_len=seq_len, eval_split=eval_split),
+      optim=OptimConfig(optimizer="adaprelora", learning_rate=learning_rate,
+                        schedule="cosine", warmup_steps=max_steps // 33),
+      max_steps=max_steps, batch_size=32, mesh=_MESH_7B, checkpoint_every=200,
+      eval_every=0, log_every=10)
+
+
+def mistral_7b_glue() -> TrainConfig:
+  """Mistral-7B on a GLUE task (`--task glue/sst2` by default; mnli, cola, qnli, mrpc):
+  LoRA and a classification head (`score`, on the last real token) trained together;
+  256 tokens, 1 epoch of SST-2's 67k rows at 32 per step (about 2.1k steps)."""
+  return _task_7b("mistral_7b_glue", "mistral-7b", "glue/sst2", 256, "validation",
+                  learning_rate=1e-4, max_steps=2100)
+
+
+def qwen2_7b_gsm8k() -> TrainConfig:
+  """Qwen2-7B on GSM8K: LM on `question -> reasoning #### answer` (loss on the
+  solution), 512 tokens, 3 epochs of the 7.5k training problems (about 700 steps)."""
+  return _task_7b("qwen2_7b_gsm8k", "qwen2-7b", "gsm8k", 512, "test",
+                  learning_rate=2e-4, max_steps=700)
+
+
+def qwen2_7b_arc() -> TrainConfig:
+  """Qwen2-7B on ARC (`--task arc/challenge` by default, or arc/easy): LM on the prompt
+  and the right choice; evaluated by the choices' log-likelihoods. 512 tokens, 3 epochs
+  of ARC-Challenge's 1.1k training questions (about 105 steps)."""
+  return _task_7b("qwen2_7b_arc", "qwen2-7b", "arc/challenge", 512, "test",
+                  learning_rate=2e-4, max_steps=105)
+
+
+def _task_tiny(name: str, task: str, seq_len: int, learning_rate: float,
+               max_steps: int = 20) -> TrainConfig:
+  """The CPU counterpart of a 7B task config: a random `tiny-llama` (byte vocabulary),
+  the same LoRA targets, small local files, a few seconds."""
+  return TrainConfig(
+      name=name, model=ModelSpec(name="tiny-llama"),
+      lora=LoRAConfig(rank=4, alpha=8, target_modules=_LLAMA_TARGETS),
+      data=DataConfig(kind="task", task=task, seq_len=seq_len),
+      optim=OptimConfig(optimizer="adaprelora", learning_rate=learning_rate,
+                        other_learning_rate=1e-2, schedule="constant", warmup_steps=2,
+                        max_grad_norm=None),
+      max_steps=max_steps, batch_size=8, checkpoint_every=0, log_every=1)
+
+
+def llama_tiny_glue() -> TrainConfig:
+  """`mistral_7b_glue` at CPU size (glue/sst2; `--task` picks another). The head reads
+  the prompt's last token (`Label:`), which a random tiny model must first learn to fill
+  with the sentence: 120 steps."""
+  return _task_tiny("llama_tiny_glue", "glue/sst2", 64, 3e-3, max_steps=120)
+
+
+def llama_tiny_gsm8k() -> TrainConfig:
+  """`qwen2_7b_gsm8k` at CPU size."""
+  return _task_tiny("llama_tiny_gsm8k", "gsm8k", 128, 1e-2, max_steps=30)
+
+
+def llama_tiny_arc() -> TrainConfig:
+  """`qwen2_7b_arc` at CPU size (arc/challenge; `--task arc/easy` for the other)."""
+  return _task_tiny("llama_tiny_arc", "arc/challenge", 128, 1e-2, max_steps=30)
+
+
 CONFIGS: dict[str, Callable[[], TrainConfig]] = {
     "demo": demo,
     "gpt2_e2e_tiny": gpt2_e2e_tiny,
     "gpt2_medium_e2e": gpt2_medium_e2e,
     "package_base_pretraining": package_base_pretraining,
+    "mistral_7b_glue": mistral_7b_glue,
+    "qwen2_7b_gsm8k": qwen2_7b_gsm8k,
+    "qwen2_7b_arc": qwen2_7b_arc,
+    "llama_tiny_glue": llama_tiny_glue,
+    "llama_tiny_gsm8k": llama_tiny_gsm8k,
+    "llama_tiny_arc": llama_tiny_arc,
 }
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from adaprelora_jax.data.e2e import render_mr
 from adaprelora_jax.data.tokenizers import ByteTokenizer
 from adaprelora_jax.data.tokenizers import TokenIds as Example
 from adaprelora_jax.train.config import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class TokenizedData:
@@ -41,11 +42,24 @@ class TokenizedData:
   bad_rows: int
   dropped: int
   truncated: int
+  # Task data: rows skipped by reason (the loader's and "longer than seq_len").
+  skipped: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
   def __len__(self) -> int:
     return len(self.tokens)
 
+  def take(self, idx: np.ndarray, valid: np.ndarray | None = None) -> Batch:
+    """The rows `idx` (any shape) as inputs, next tokens and loss mask; `valid` False
+    masks a row out."""
+    tokens, mask = self.tokens[idx], self.loss_mask[idx]
+    if valid is not None:
+      mask = mask * valid[..., None]
+    return Batch(tokens[..., :-1], tokens[..., 1:], mask)
+
   def report(self, name: str) -> str:
+    if self.skipped:
+      skipped = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items()))
+      return f"{name}: {len(self)} examples from {self.source_rows} rows; skipped: {skipped}"
     return (f"{name}: {len(self)} examples from {self.source_rows} rows "
             f"({self.bad_rows} malformed, {self.dropped} dropped, {self.truncated} truncated)")
 
@@ -152,18 +166,21 @@ class Batch:
   labels: np.ndarray
   loss_mask: np.ndarray
 
+  def arrays(self) -> tuple[np.ndarray, ...]:
+    """The arrays in the order the train step takes them."""
+    return self.inputs, self.labels, self.loss_mask
 
-def step_batch(data: TokenizedData, seed: int, step: int, *, batch_size: int, grad_accum: int,
-               rows: slice = slice(None)) -> Batch:
+
+def step_batch(data, seed: int, step: int, *, batch_size: int, grad_accum: int,
+               rows: slice = slice(None)):
   """The batch of `step`, `(grad_accum, batch_size, seq_len)`; `rows` selects this host's
-  rows of each micro-batch."""
+  rows of each micro-batch. `data` is any row set with `take` (`TokenizedData`, a task's
+  `ClassificationData`)."""
   idx = example_indices(seed, step, batch_size * grad_accum, len(data))
-  idx = idx.reshape(grad_accum, batch_size)[:, rows]
-  tokens = data.tokens[idx]
-  return Batch(tokens[..., :-1], tokens[..., 1:], data.loss_mask[idx])
+  return data.take(idx.reshape(grad_accum, batch_size)[:, rows])
 
 
-def eval_batches(data: TokenizedData, batch_size: int) -> list[Batch]:
+def eval_batches(data, batch_size: int) -> list:
   """The evaluation rows in order, as micro-batches of `batch_size` (the last one padded
   with masked-out copies of row 0)."""
   n = len(data)
@@ -171,8 +188,5 @@ def eval_batches(data: TokenizedData, batch_size: int) -> list[Batch]:
   for start in range(0, n, batch_size):
     idx = np.arange(start, start + batch_size)
     valid = idx < n
-    idx = np.where(valid, idx, 0)
-    tokens = data.tokens[idx]
-    mask = data.loss_mask[idx] * valid[:, None]
-    out.append(Batch(tokens[None, :, :-1], tokens[None, :, 1:], mask[None]))
+    out.append(data.take(np.where(valid, idx, 0)[None], valid[None]))
   return out

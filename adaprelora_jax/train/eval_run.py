@@ -1,8 +1,8 @@
 """Task evaluation of a run: at the end of training, and of a saved run or adapter
 (`adaprelora-finetune --eval-only`).
 
-Both evaluate the run's evaluation split (today the E2E `--eval-file`, its first
-`--eval-rows` rows) with `evaluate.evaluate_task` and write
+Both evaluate the run's evaluation split (the E2E `--eval-file` or a task's
+`--eval-source`, its first `--eval-rows` rows) with `evaluate.evaluate_task` and write
 `OUTPUT_DIR/results/<task>_<split>_<label>.json`, the label `step<N>` for a checkpoint
 (or the end of a run) and `adapter` for a PEFT adapter folder.
 """
@@ -16,22 +16,25 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from adaprelora_jax.data import DataError, TaskData, load_task
+from adaprelora_jax.data import DataError, TaskData, load_task, load_tokenizer
 from adaprelora_jax.train import data as data_lib
-from adaprelora_jax.train import sharding
+from adaprelora_jax.train import heads, sharding
 from adaprelora_jax.train.config import ConfigError, TrainConfig, run_identity
 from adaprelora_jax.train.evaluate import TaskResults, evaluate_task
 
 
 def eval_task_data(config: TrainConfig) -> TaskData | None:
   """The evaluation split of `config` as records (None: the run has none): the E2E
-  `--eval-file`, its first `--eval-rows` rows, by `adaprelora_jax.data.load_task`."""
+  `--eval-file` or a task's `--eval-source`, its first `--eval-rows` rows, by
+  `adaprelora_jax.data.load_task`."""
   d = config.data
-  if d.kind == "e2e_csv" and d.eval_file:
-    try:
+  try:
+    if d.kind == "e2e_csv" and d.eval_file:
       return load_task("e2e", d.eval_file, "test", max_rows=d.eval_rows)
-    except DataError as e:
-      raise ConfigError(str(e)) from e
+    if d.kind == "task" and d.eval_source:
+      return load_task(d.task, d.eval_source, d.eval_split, max_rows=d.eval_rows)
+  except DataError as e:
+    raise ConfigError(str(e)) from e
   return None
 
 
@@ -89,6 +92,14 @@ def evaluate_saved(config: TrainConfig, output_dir: str | Path, *,
     raise ConfigError(f"nothing to evaluate on: config {config.name!r} has no evaluation split; "
                       "pass --eval-file")
   mesh = sharding.build_mesh(config.mesh, devices)
+  family = config.data.family
+  tokenizer = (load_tokenizer(config.data.tokenizer) if config.data.kind == "task"
+               else data_lib.ByteTokenizer())
+  num_labels = len(data.label_names) if family == "classification" else None
+  if adapter is not None and family == "classification":
+    raise ConfigError("--adapter: a classification adapter carries its head in PEFT's "
+                      "modules_to_save, which --adapter does not load yet; evaluate the run's "
+                      "checkpoint instead (--eval-only --output-dir RUN)")
   if adapter is not None:
     folder = Path(adapter)
     if not (folder / "adapter_config.json").is_file():
@@ -97,7 +108,8 @@ def evaluate_saved(config: TrainConfig, output_dir: str | Path, *,
       lora = read_peft_config(folder)
     except ValueError as e:
       raise ConfigError(f"--adapter {folder}: {e}") from e
-    model = load_model(config.replace(lora=lora), mesh, print_fn=print_fn, progress=progress)
+    model = load_model(config.replace(lora=lora), mesh, print_fn=print_fn, progress=progress,
+                       vocab_size=tokenizer.vocab_size)
     from adaprelora_jax.lora import load_peft_adapter  # noqa: PLC0415
 
     with jax.set_mesh(mesh):
@@ -108,16 +120,19 @@ def evaluate_saved(config: TrainConfig, output_dir: str | Path, *,
     label = "adapter"
   else:
     model, step = _restore_latest(config, output_dir, mesh, print_fn=print_fn,
-                                  progress=progress)
+                                  progress=progress, vocab_size=tokenizer.vocab_size,
+                                  num_labels=num_labels)
     label = f"step{step}"
   return evaluate_run(config, output_dir, model, label=label, mesh=mesh, data=data,
+                      tokenizer=tokenizer, **heads.eval_callables(model, mesh, family),
                       print_fn=print_fn, required=True)
 
 
-def _restore_latest(config: TrainConfig, output_dir: Path, mesh, *, print_fn, progress):
+def _restore_latest(config: TrainConfig, output_dir: Path, mesh, *, print_fn, progress,
+                    vocab_size: int, num_labels: int | None):
   """The model of the newest restorable checkpoint in `output_dir/checkpoints`."""
   from adaprelora_jax.train.checkpoints import Checkpoints, TrainState  # noqa: PLC0415
-  from adaprelora_jax.train.loop import load_model  # noqa: PLC0415
+  from adaprelora_jax.train.loop import load_model, trainable_filter  # noqa: PLC0415
   from adaprelora_jax.train.optim import make_optimizer  # noqa: PLC0415
   from adaprelora_jax.train.step import split_model  # noqa: PLC0415
 
@@ -129,9 +144,9 @@ def _restore_latest(config: TrainConfig, output_dir: Path, mesh, *, print_fn, pr
                             identity=run_identity(config))
   try:
     checkpoints.check_identity()
-    model = load_model(config, mesh, print_fn=print_fn, progress=progress)
-    trainable = nnx.LoRAParam if config.lora is not None else nnx.Param
-    split, params = split_model(model, trainable)
+    model = load_model(config, mesh, print_fn=print_fn, progress=progress,
+                       vocab_size=vocab_size, num_labels=num_labels)
+    split, params = split_model(model, trainable_filter(config))
     optimizer = make_optimizer(config.optim, params, max_steps=config.max_steps,
                                lora_scale=_scale(split, params, config))
     with jax.set_mesh(mesh):

@@ -1,6 +1,7 @@
 """What a run leaves behind for other tools: the base model as a Hugging Face checkpoint
 folder (`config.json` + `model.safetensors`, loadable by `transformers` and by
-`adaprelora_jax.models.from_pretrained`), and the adapter in PEFT's format.
+`adaprelora_jax.models.from_pretrained`), and the adapter in PEFT's format (with the
+classification head, if any, as PEFT's `modules_to_save`).
 
 >>> from adaprelora_jax.models import config_by_name, config_from_hf_dict
 >>> cfg = config_by_name("tiny-llama")
@@ -19,10 +20,13 @@ import numpy as np
 import safetensors.numpy
 from flax import nnx
 
+from adaprelora_jax.lora import save_peft_adapter
+from adaprelora_jax.lora.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PREFIX
 from adaprelora_jax.models import naming
 from adaprelora_jax.models.base import CausalLM
 from adaprelora_jax.models.config import ModelConfig
 from adaprelora_jax.models.hf_config import config_from_hf_dict
+from adaprelora_jax.train.heads import HEAD_NAME, HeadParam, has_score_head
 
 _ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
                   "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -84,14 +88,14 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
 
 
 def save_hf_checkpoint(model: CausalLM, folder: str | Path) -> Path:
-  """Write the base weights of `model` (no LoRA factors; merged adapters are not
-  unmerged first, so call it on an unmerged model) as a Hugging Face folder."""
+  """Write the base weights of `model` (no LoRA factors, no task head; merged adapters
+  are not unmerged first, so call it on an unmerged model) as a Hugging Face folder."""
   if not isinstance(model, CausalLM):
     raise TypeError(f"{type(model).__name__} is not a model of adaprelora_jax.models")
   folder = Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
   tensors = {}
-  base = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
+  base = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam), nnx.Not(HeadParam))
   for path, variable in nnx.to_flat_state(nnx.state(model, base)):
     value = np.asarray(variable.get_value())
     transposed = naming.hf_transposed(model, path)
@@ -104,4 +108,27 @@ def save_hf_checkpoint(model: CausalLM, folder: str | Path) -> Path:
           value.T if transposed else value)
   safetensors.numpy.save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
   (folder / "config.json").write_text(json.dumps(hf_config_dict(model.config), indent=2) + "\n")
+  return folder
+
+
+def save_adapter(model: CausalLM, folder: str | Path) -> Path:
+  """The PEFT adapter of `model` (`save_peft_adapter`); with a classification head, as
+  PEFT's sequence-classification adapter: `task_type` "SEQ_CLS", `modules_to_save`
+  ["score"] and the head's weight `base_model.model.score.weight` `(num_labels, hidden)`
+  beside the LoRA factors, which `peft.PeftModel.from_pretrained` loads into a
+  `transformers` `AutoModelForSequenceClassification` (same logits as `class_logits`)."""
+  folder = Path(folder)
+  save_peft_adapter(model, folder)
+  if not has_score_head(model):
+    return folder
+  head = getattr(model, HEAD_NAME)
+  file = folder / ADAPTER_WEIGHTS
+  tensors = safetensors.numpy.load_file(file)
+  weight = np.asarray(head.kernel.get_value(), np.float32)
+  tensors[f"{PREFIX}{HEAD_NAME}.weight"] = np.ascontiguousarray(weight.T)
+  safetensors.numpy.save_file(tensors, file, metadata={
+      "format": "pt", "model_type": model.config.model_type})
+  config = json.loads((folder / ADAPTER_CONFIG).read_text())
+  config.update(task_type="SEQ_CLS", modules_to_save=[HEAD_NAME])
+  (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
   return folder

@@ -25,14 +25,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adaprelora_jax.lora import apply_lora, lora_scale_of, save_peft_adapter
+from adaprelora_jax.data import TaskData, load_task, load_tokenizer
+from adaprelora_jax.lora import apply_lora, lora_scale_of
 from adaprelora_jax.models import ShardingConfig, build_model, config_by_name, from_pretrained
 from adaprelora_jax.train import data as data_lib
-from adaprelora_jax.train import sharding, synthetic
+from adaprelora_jax.train import heads, sharding, synthetic, tasks
 from adaprelora_jax.train.checkpoints import Checkpoints, TrainState
 from adaprelora_jax.train.config import PACKAGE_BASE, ConfigError, TrainConfig, run_identity
 from adaprelora_jax.train.eval_run import evaluate_run
-from adaprelora_jax.train.export import save_hf_checkpoint
+from adaprelora_jax.train.export import save_adapter, save_hf_checkpoint
 from adaprelora_jax.train.metrics import MetricsLogger
 from adaprelora_jax.train.optim import make_optimizer, make_schedule
 from adaprelora_jax.train.step import make_eval_step, make_train_step, split_model
@@ -70,20 +71,58 @@ class TrainResult:
   # The final trainable parameters, as host NumPy arrays.
   params: Any
   seconds: float
+  # The trained model (adapters and head in place) on the run's `mesh` (call it inside
+  # `jax.set_mesh(mesh)`; `heads.class_logits_fn(model, mesh)` / `lm_logits_fn` do), and
+  # the run's data (tokenizer, rows, and the evaluation split's records for a task).
+  model: nnx.Module | None = None
+  mesh: jax.sharding.Mesh | None = None
+  data: RunData | None = None
   # The task evaluation of the end of the run (metrics, predictions, results file), if any.
   task_results: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
 class RunData:
-  tokenizer: data_lib.ByteTokenizer
-  train: data_lib.TokenizedData
-  eval: data_lib.TokenizedData | None
+  """The tokenizer and rows of a run; for a task also the evaluation split's records."""
+
+  tokenizer: Any
+  train: data_lib.TokenizedData | tasks.ClassificationData
+  eval: data_lib.TokenizedData | tasks.ClassificationData | None
+  # Data kind "task": the records of the evaluation split (None without --eval-source).
+  eval_task: TaskData | None = None
+  # "text", "classification" or "choice".
+  family: str = "text"
+  # Classification: the label names in index order.
+  label_names: tuple[str, ...] = ()
+
+
+def _task_data(config: TrainConfig) -> RunData:
+  d = config.data
+  if not d.train_source:
+    raise ConfigError(f"config {config.name!r} trains on task {d.task!r}: pass "
+                      "--train-source (a file, folder or dataset name)")
+  tok = load_tokenizer(d.tokenizer)
+  train_task = load_task(d.task, d.train_source, d.train_split, max_rows=d.train_rows)
+  eval_task = (load_task(d.task, d.eval_source, d.eval_split, max_rows=d.eval_rows)
+               if d.eval_source else None)
+  if d.family == "classification":
+    train = tasks.encode_classification(train_task, tok, d.seq_len)
+    evaluation = (None if eval_task is None else
+                  tasks.encode_classification(eval_task, tok, d.seq_len))
+    if evaluation is not None and evaluation.label_names != train.label_names:
+      raise ConfigError(f"the evaluation labels {evaluation.label_names} differ from the "
+                        f"training labels {train.label_names}")
+    return RunData(tok, train, evaluation, eval_task, d.family, train.label_names)
+  encode = tasks.encode_text if d.family == "text" else tasks.encode_choice_training
+  evaluation = None if eval_task is None else encode(eval_task, tok, d.seq_len)
+  return RunData(tok, encode(train_task, tok, d.seq_len), evaluation, eval_task, d.family)
 
 
 def load_data(config: TrainConfig) -> RunData:
-  """The training and evaluation rows of `config` (ConfigError for bad input)."""
+  """The training and evaluation rows of `config` (ConfigError / DataError for bad input)."""
   tok, d = data_lib.ByteTokenizer(), config.data
+  if d.kind == "task":
+    return _task_data(config)
   if d.kind == "e2e_csv":
     if not d.train_file:
       raise ConfigError(f"config {config.name!r} reads an E2E CSV: pass --train-file")
@@ -103,44 +142,74 @@ def load_data(config: TrainConfig) -> RunData:
   return RunData(tok, train, evaluation)
 
 
-def load_model(config: TrainConfig, mesh, *, print_fn=print, progress=True) -> nnx.Module:
-  """The base model of `config` on `mesh`, with the adapter (if any) added."""
+def load_model(config: TrainConfig, mesh, *, print_fn=print, progress=True,
+               vocab_size: int = data_lib.ByteTokenizer.vocab_size,
+               num_labels: int | None = None) -> nnx.Module:
+  """The base model of `config` on `mesh`, with the adapter (if any) added, and a fresh
+  classification head (`model.score`) when `num_labels` is given."""
   spec = config.model
   dtype = jnp.bfloat16 if spec.compute_dtype == "bfloat16" else jnp.float32
+  param_dtype = jnp.bfloat16 if spec.param_dtype == "bfloat16" else jnp.float32
   path = spec.path
   if path is None and spec.name == PACKAGE_BASE:
     from adaprelora_jax.train.base_model import ensure_package_base  # noqa: PLC0415
 
     path = str(ensure_package_base(spec.base_steps, print_fn=print_fn, progress=progress))
   with jax.set_mesh(mesh):
-    if path is not None:
-      if not Path(path).is_dir():
-        raise ConfigError(f"--model-path {path}: no such folder")
-      try:
-        model = from_pretrained(path, mesh=mesh, compute_dtype=dtype, remat=spec.remat)
-      except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(f"--model-path {path}: {e}") from e
-    else:
-      try:
-        overrides = {} if spec.max_positions is None else {
-            "max_position_embeddings": spec.max_positions}
-        model_config = config_by_name(spec.name, **overrides)
-      except ValueError as e:
-        raise ConfigError(str(e)) from e
-      model = build_model(model_config, compute_dtype=dtype, sharding=ShardingConfig.fsdp_tp(),
-                          remat=spec.remat, rngs=nnx.Rngs(config.seed))
-    if config.data.seq_len > model.config.max_position_embeddings:
-      raise ConfigError(f"seq_len {config.data.seq_len} exceeds the model's context "
-                        f"{model.config.max_position_embeddings}")
-    if model.config.vocab_size < data_lib.ByteTokenizer.vocab_size:
-      raise ConfigError("the byte-level tokenizer needs a vocabulary of at least 256 tokens")
-    if config.lora is not None:
-      try:
-        apply_lora(model, config.lora, rngs=nnx.Rngs(params=jax.random.fold_in(
-            jax.random.key(config.seed), 1)))
-      except ValueError as e:
-        raise ConfigError(f"LoRA: {e}") from e
+    if path is None:
+      return build_named_model(config, vocab_size=vocab_size, num_labels=num_labels)
+    if not Path(path).is_dir():
+      raise ConfigError(f"--model-path {path}: no such folder")
+    try:
+      model = from_pretrained(path, mesh=mesh, dtype=param_dtype, compute_dtype=dtype,
+                              remat=spec.remat)
+    except (FileNotFoundError, ValueError) as e:
+      raise ConfigError(f"--model-path {path}: {e}") from e
+    return _adapt(config, model, vocab_size, num_labels)
+
+
+def build_named_model(config: TrainConfig, *, vocab_size: int = data_lib.ByteTokenizer.vocab_size,
+                      num_labels: int | None = None) -> nnx.Module:
+  """The randomly initialised model `config.model.name`, adapted like `load_model`'s;
+  called inside the run's mesh (`jax.set_mesh`), also under `nnx.eval_shape`."""
+  spec = config.model
+  try:
+    overrides = {} if spec.max_positions is None else {
+        "max_position_embeddings": spec.max_positions}
+    model_config = config_by_name(spec.name, **overrides)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  model = build_model(
+      model_config, dtype=jnp.bfloat16 if spec.param_dtype == "bfloat16" else jnp.float32,
+      compute_dtype=jnp.bfloat16 if spec.compute_dtype == "bfloat16" else jnp.float32,
+      sharding=ShardingConfig.fsdp_tp(), remat=spec.remat, rngs=nnx.Rngs(config.seed))
+  return _adapt(config, model, vocab_size, num_labels)
+
+
+def _adapt(config: TrainConfig, model, vocab_size: int, num_labels: int | None) -> nnx.Module:
+  """Checks the model fits the data, then adds the adapter and the head."""
+  if config.data.seq_len > model.config.max_position_embeddings:
+    raise ConfigError(f"seq_len {config.data.seq_len} exceeds the model's context "
+                      f"{model.config.max_position_embeddings}")
+  if model.config.vocab_size < vocab_size:
+    raise ConfigError(f"the tokenizer has {vocab_size} tokens, the model's vocabulary only "
+                      f"{model.config.vocab_size}: pass the model's own tokenizer")
+  if config.lora is not None:
+    try:
+      apply_lora(model, config.lora, rngs=nnx.Rngs(params=jax.random.fold_in(
+          jax.random.key(config.seed), 1)))
+    except ValueError as e:
+      raise ConfigError(f"LoRA: {e}") from e
+  if num_labels is not None:
+    heads.add_score_head(model, num_labels, rngs=nnx.Rngs(params=jax.random.fold_in(
+        jax.random.key(config.seed), 2)))
   return model
+
+
+def trainable_filter(config: TrainConfig):
+  """What the run trains: the LoRA factors and any task head (every parameter without
+  LoRA)."""
+  return nnx.Any(nnx.LoRAParam, heads.HeadParam) if config.lora is not None else nnx.Param
 
 
 class _SigtermFlag:
@@ -167,8 +236,7 @@ def _evaluate(eval_step, params, frozen, evaluation, mesh, batch_size) -> float:
   rows = sharding.host_rows(mesh, batch_size)
   loss = tokens = 0.0
   for batch in data_lib.eval_batches(evaluation, batch_size):
-    arrays = [sharding.put_batch(mesh, x[:, rows], batch_size)
-              for x in (batch.inputs, batch.labels, batch.loss_mask)]
+    arrays = [sharding.put_batch(mesh, x[:, rows], batch_size) for x in batch.arrays()]
     sums = eval_step(params, frozen, *arrays)
     loss += float(sums.loss)
     tokens += float(sums.tokens)
@@ -221,9 +289,10 @@ def _prepare_and_run(config, output_dir, mesh, checkpoints, *, started, lead, sa
   say(run_data.train.report("train"))
   if run_data.eval is not None:
     say(run_data.eval.report("eval"))
-  model = load_model(config, mesh, print_fn=say, progress=progress and lead)
-  trainable = nnx.LoRAParam if config.lora is not None else nnx.Param
-  split, params = split_model(model, trainable)
+  model = load_model(config, mesh, print_fn=say, progress=progress and lead,
+                     vocab_size=run_data.tokenizer.vocab_size,
+                     num_labels=len(run_data.label_names) or None)
+  split, params = split_model(model, trainable_filter(config))
   del model
   scale = lora_scale_of(split.merge(params)) if config.lora is not None else 1.0
   optimizer = make_optimizer(config.optim, params, lora_scale=scale, max_steps=config.max_steps)
@@ -252,8 +321,10 @@ def _prepare_and_run(config, output_dir, mesh, checkpoints, *, started, lead, sa
 
 def _run(config, output_dir, split, state, optimizer, schedule, mesh, run_data, checkpoints, *,
          started, lead, say, progress, on_step) -> TrainResult:
-  train_step = make_train_step(split, optimizer, label_smoothing=config.optim.label_smoothing)
-  eval_step = make_eval_step(split)
+  loss_fn = heads.LOSSES[run_data.family]
+  train_step = make_train_step(split, optimizer, label_smoothing=config.optim.label_smoothing,
+                               loss_fn=loss_fn)
+  eval_step = make_eval_step(split, loss_fn)
   rows = sharding.host_rows(mesh, config.batch_size)
   start_step, step = state.step, state.step
   params, opt_state = state.params, state.opt_state
@@ -281,15 +352,14 @@ def _run(config, output_dir, split, state, optimizer, schedule, mesh, run_data, 
         batch = data_lib.step_batch(run_data.train, config.seed, step,
                                     batch_size=config.batch_size,
                                     grad_accum=config.grad_accum, rows=rows)
-        arrays = [sharding.put_batch(mesh, x, config.batch_size)
-                  for x in (batch.inputs, batch.labels, batch.loss_mask)]
+        arrays = [sharding.put_batch(mesh, x, config.batch_size) for x in batch.arrays()]
         params, opt_state, metrics = train_step(params, opt_state, split.frozen, *arrays)
         step += 1
         last = step == config.max_steps
         if step % config.log_every == 0 or last:
           loss = float(metrics.loss)
           seconds = time.perf_counter() - tick
-          tokens = config.examples_per_step * config.data.seq_len
+          tokens = config.examples_per_step * config.data.seq_len  # padded positions
           losses.append((step, loss))
           logger.log({"step": step, "loss": loss, "learning_rate": float(schedule(step - 1)),
                       "grad_norm": float(metrics.grad_norm),
@@ -315,12 +385,15 @@ def _run(config, output_dir, split, state, optimizer, schedule, mesh, run_data, 
     say(f"eval_loss {eval_losses[-1][1]:.4f} at step {step}")
   host_params = sharding.to_host(params)
   adapter_dir, base_dir = _export(config, output_dir, split, host_params, lead)
-  task_results = evaluate_run(config, output_dir, split.merge(params), label=f"step{step}",
-                              mesh=mesh, tokenizer=run_data.tokenizer, print_fn=say)
+  model = split.merge(params)
+  task_results = evaluate_run(config, output_dir, model, label=f"step{step}", mesh=mesh,
+                              data=run_data.eval_task, tokenizer=run_data.tokenizer,
+                              **heads.eval_callables(model, mesh, run_data.family),
+                              print_fn=say)
   return TrainResult(output_dir=output_dir, step=step, start_step=start_step, losses=losses,
                      eval_losses=eval_losses, adapter_dir=adapter_dir, base_dir=base_dir,
                      params=host_params, seconds=time.time() - started,
-                     task_results=task_results)
+                     model=model, mesh=mesh, data=run_data, task_results=task_results)
 
 
 def _export(config, output_dir, split, host_params, lead) -> tuple[Path | None, Path | None]:
@@ -332,7 +405,7 @@ def _export(config, output_dir, split, host_params, lead) -> tuple[Path | None, 
   if lead:
     model = split.merge(host_params, host_frozen)
     if adapter_dir is not None:
-      save_peft_adapter(model, adapter_dir)
+      save_adapter(model, adapter_dir)
     if base_dir is not None:
       save_hf_checkpoint(model, base_dir)
   return adapter_dir, base_dir

@@ -55,8 +55,9 @@ def build_mesh(text: str | None, devices=None) -> jax.sharding.Mesh:
     raise ConfigError(f"--mesh {text!r}: {e}") from e
 
 
-def batch_sharding(mesh) -> NamedSharding:
-  return NamedSharding(mesh, BATCH_SPEC)
+def batch_sharding(mesh, ndim: int = 3) -> NamedSharding:
+  """Batch arrays `(grad_accum, batch, ...)` of rank `ndim`, split over the batch axis."""
+  return NamedSharding(mesh, P(*BATCH_SPEC[:2], *(None,) * (ndim - 2)))
 
 
 def check_batch(mesh, batch_size: int) -> None:
@@ -81,7 +82,7 @@ def host_rows(mesh, batch_size: int) -> slice:
 def put_batch(mesh, local: np.ndarray, batch_size: int) -> jax.Array:
   """A global `(grad_accum, batch_size, ...)` array from this host's rows."""
   shape = (local.shape[0], batch_size) + local.shape[2:]
-  return jax.make_array_from_process_local_data(batch_sharding(mesh), local, shape)
+  return jax.make_array_from_process_local_data(batch_sharding(mesh, local.ndim), local, shape)
 
 
 def to_host(tree: Any) -> Any:

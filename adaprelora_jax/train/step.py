@@ -93,29 +93,37 @@ def loss_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array,
   return LossSums(jnp.sum(nll * mask), jnp.sum(mask))
 
 
-def _micro_loss(split: SplitModel, params, frozen, inputs, labels, mask, label_smoothing):
+def causal_lm_loss(model, inputs, labels, loss_mask, label_smoothing: float = 0.0) -> LossSums:
+  """The default loss: causal-LM cross-entropy of `model(inputs)` on the target tokens."""
+  return loss_sums(model(inputs), labels, loss_mask, label_smoothing)
+
+
+def _micro_loss(split: SplitModel, params, frozen, batch, loss_fn, label_smoothing):
   model = split.merge(params, frozen)
-  sums = loss_sums(model(inputs), labels, mask, label_smoothing)
+  sums = loss_fn(model, *batch, label_smoothing)
   return sums.loss, sums
 
 
 def make_train_step(split: SplitModel, optimizer: optax.GradientTransformation, *,
-                    label_smoothing: float = 0.0):
-  """`step(params, opt_state, frozen, inputs, labels, loss_mask) -> (params, opt_state,
-  StepMetrics)`, jitted, `params` and `opt_state` donated. The batch arrays are
-  `(grad_accum, micro_batch, seq_len)`."""
+                    label_smoothing: float = 0.0, loss_fn=causal_lm_loss):
+  """`step(params, opt_state, frozen, *batch) -> (params, opt_state, StepMetrics)`,
+  jitted, `params` and `opt_state` donated. The batch arrays are `(grad_accum,
+  micro_batch, ...)`: `inputs, labels, loss_mask` for the default causal-LM loss, or
+  whatever `loss_fn(model, *micro_batch, label_smoothing) -> LossSums` takes (the
+  classification loss: tokens, attention mask, labels, weights); gradients are weighted
+  by the counts it returns."""
   grad_fn = jax.grad(_micro_loss, argnums=1, has_aux=True)
 
-  def step(params, opt_state, frozen, inputs, labels, loss_mask):
+  def step(params, opt_state, frozen, *arrays):
     def micro(carry, batch):
       grads, total = carry
-      g, sums = grad_fn(split, params, frozen, *batch, label_smoothing)
+      g, sums = grad_fn(split, params, frozen, batch, loss_fn, label_smoothing)
       grads = jax.tree.map(jnp.add, grads, g)
       return (grads, LossSums(total.loss + sums.loss, total.tokens + sums.tokens)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     start = LossSums(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-    (grads, total), _ = jax.lax.scan(micro, (zeros, start), (inputs, labels, loss_mask))
+    (grads, total), _ = jax.lax.scan(micro, (zeros, start), arrays)
     denom = jnp.maximum(total.tokens, 1.0)
     grads = jax.tree.map(lambda g: g / denom.astype(g.dtype), grads)
     grad_norm = optax.tree.norm(grads)
@@ -126,12 +134,12 @@ def make_train_step(split: SplitModel, optimizer: optax.GradientTransformation, 
   return jax.jit(step, donate_argnums=(0, 1))
 
 
-def make_eval_step(split: SplitModel):
-  """`eval_step(params, frozen, inputs, labels, loss_mask) -> LossSums` (no label
-  smoothing: the evaluation loss is the plain mean token cross-entropy)."""
+def make_eval_step(split: SplitModel, loss_fn=causal_lm_loss):
+  """`eval_step(params, frozen, *batch) -> LossSums` on one micro-batch `(1, b, ...)` (no
+  label smoothing: the evaluation loss is the plain mean cross-entropy)."""
 
-  def eval_step(params, frozen, inputs, labels, loss_mask):
+  def eval_step(params, frozen, *arrays):
     model = split.merge(params, frozen)
-    return loss_sums(model(inputs[0]), labels[0], loss_mask[0])
+    return loss_fn(model, *(x[0] for x in arrays))
 
   return jax.jit(eval_step)
