@@ -97,3 +97,8 @@ def test_llm_finetune_example_runs_a_tiny_task_config(tmp_path, capsys):
   scores = np.asarray(target_log_likelihoods(jnp.asarray(logits), jnp.asarray(rows.tokens[:, 1:]),
                                              jnp.asarray(rows.loss_mask)))
   assert scores.shape == (3 * 16,) and np.all(scores < 0)
+  # The end of the run scored every question both ways from those log-likelihoods.
+  results = result.task_results
+  assert set(results.metrics) == {"acc", "acc_norm"} and len(results.predictions) == 16
+  summed = scores.reshape(16, 3).argmax(-1)
+  np.testing.assert_allclose(results.metrics["acc"]["score"], np.mean(summed == 1), atol=1e-6)

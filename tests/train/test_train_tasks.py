@@ -104,6 +104,12 @@ def test_tiny_glue_trains_head_and_lora(tmp_path):
   assert logits.shape == (len(evaluation), 2)
   print(f"llama_tiny_glue eval accuracy {np.mean(logits.argmax(-1) == evaluation.labels):.3f}")
   assert np.mean(logits.argmax(-1) == evaluation.labels) >= 0.9
+  # The end of the run evaluated the split on the task's metric, from those same logits.
+  results = result.task_results
+  assert results.task == "glue/sst2" and len(results.predictions) == len(evaluation)
+  np.testing.assert_allclose(results.metrics["accuracy"]["score"],
+                             np.mean(logits.argmax(-1) == evaluation.labels))
+  assert results.path.is_file()
   # The checkpoint holds the head: a resumed run starts from the trained one.
   resumed = _run(tmp_path, "llama_tiny_glue", checkpoint_every=60, max_steps=122)
   assert resumed.start_step == 120
@@ -120,6 +126,10 @@ def test_tiny_gsm8k_trains_as_lm(tmp_path):
   assert result.eval_losses[-1][1] < losses[0] - 0.4
   assert result.data.eval_task.task == "gsm8k" and result.data.family == "text"
   assert dict(result.data.train.skipped) == {"missing field 'answer'": 1}
+  # The end of the run generated an answer per question and scored the final numbers.
+  results = result.task_results
+  assert len(results.predictions) == len(result.data.eval_task.examples)
+  assert 0.0 <= results.metrics["exact_match"]["score"] <= 1.0 and results.path.is_file()
 
 
 @pytest.mark.parametrize("args, message", [
