@@ -59,9 +59,7 @@ VARIANTS = {
     "b1 None (no momentum)": ("adaprelora", 1e-3, {}, {"b1": None}),
     "b1 0.5": ("adaprelora", 1e-3, {}, {"b1": 0.5}),
     "clipping 0.1": ("adaprelora", 1e-3, {}, {"clipping_threshold": 0.1}),
-    "clipping None": ("adaprelora", 1e-3, {}, {"clipping_threshold": None}),
     "damping 1.0": ("adaprelora", 1e-3, {}, {"damping": 1.0}),
-    "decay_rate 0.5": ("adaprelora", 1e-3, {}, {"decay_rate": 0.5}),
     "lora_a init x 0.1": ("adaprelora", 1e-3, {"a_init_scale": 0.1}, {}),
 }
 
