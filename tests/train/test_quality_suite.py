@@ -125,7 +125,7 @@ def test_runs_reuse_one_compiled_step(package_base):
   spec = lora_runs.RunSpec(steps=2, batch_size=2, warmup_steps=1, log_every=1, rank=2,
                            alpha=4.0)
   harness = lora_runs.Harness(spec, base_path=package_base)
-  task = quality.glue_task(spec, n_train=16, n_val=4, n_test=4, seq_len=64)
+  task = quality.glue_task(spec, n_train=16, n_val=4, n_test=4, seq_len=96)
   runs = [harness.run("adamw", lr, seed, task.train, task.val)
           for lr, seed in ((1e-3, 0), (1e-2, 0), (1e-3, 1))]
   assert harness.train_step("adamw")._cache_size() == 1
