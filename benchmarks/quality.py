@@ -533,8 +533,12 @@ better; the others by exact match / accuracy, higher is better):
 
 **Cost of each part** on this 2-core machine (shared with other engineers' jobs during
 the run, load average about 10, so these are upper bounds; compile time included):
-{costs}. Sum: {total:.0f} minutes. The suite was run as two processes side by side
-(`--parts e2e` and `--parts glue,gsm,toys`), so its wall time was the longer of the two.
+{costs}. Sum: {total:.0f} minutes of process time. For this page the parts ran as parallel
+processes on the shared machine: `--parts gsm`, `--parts glue`, and E2E split in two
+(`--parts e2e --optimizers <half> --cache DIR --no-write` twice, then `--parts e2e --cache
+DIR` to merge the cached per-optimizer results and write the section), then
+`--parts toys` and `--parts summary`. One command, `python benchmarks/quality.py`, runs
+all of it in sequence.
 
 No row of these tables is copied from the paper: its tables are not available on these
 machines, so there is no reference row.
