@@ -347,7 +347,8 @@ def verdict(task: Task, order, summary) -> str:
   if "adamw" in summary:
     aw = summary["adamw"][head][0]
     ahead = ours > aw if task.higher_is_better else ours < aw
-    text += (f"; {'ahead of' if ahead else 'behind'} AdamW ({aw:.4f})")
+    where = "level with" if ours == aw else "ahead of" if ahead else "behind"
+    text += f"; {where} AdamW ({aw:.4f})"
   return text + "."
 
 
@@ -561,8 +562,13 @@ def write_summary(print_fn=print) -> None:
     means = {o: float(np.mean([s["metrics"].get(head, np.nan) for s in r["seeds"]]))
              for o, r in res.items()}
     order = data["ranking"]
-    ranking.append(f"- {name} ({head}): " + " > ".join(
-        f"{'**' + o + '**' if o == 'adaprelora' else o} {means[o]:.3f}" for o in order))
+    bold = lambda o: f"**{o}**" if o == "adaprelora" else o
+    ranking.append(f"- {name}, {head}: " + " > ".join(
+        f"{bold(o)} {means[o]:.3f}" for o in order))
+    val = {o: float(np.mean([s["val_loss"] for s in r["seeds"]])) for o, r in res.items()}
+    ranking.append(f"- {name}, held-out validation loss (lower is better): " + " < ".join(
+        f"{bold(o)} {val[o]:.3f}" for o in sorted(val, key=lambda o: np.nan_to_num(
+            val[o], nan=np.inf))))
     costs.append(f"{name} {data['seconds'] / 60:.1f} min")
     total += data["seconds"] / 60
   toys = report.RAW / "quality_toys.json"
