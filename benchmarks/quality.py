@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,9 @@ RATES = tuple(float(f"{10 ** e:.0e}") if e == int(e) else float(f"{3 * 10 ** mat
 PRIOR = {"adaprelora": 1e-3, "adamw": 1e-2, "adafactor": 1e-2, "loraplus": 3e-3,
          "scaled_adamw": 3e-3, "lora_pro": 1e-2, "lora_pro_full": 1e-2, "lora_rite": 1e-2}
 SEEDS = (0, 1, 2)
+TITLES = {"e2e": "E2E NLG (devset.csv -> testset_w_refs.csv)",
+          "gsm": "Arithmetic word problems (generated, GSM8K format)",
+          "glue": "Review sentiment (generated, GLUE/SST-2 style)"}
 TOK = data_lib.ByteTokenizer()
 
 
@@ -173,7 +177,7 @@ def e2e_task(spec, *, test_mrs: int, val_fraction: float = 0.05, val_rows: int =
     return out
 
   decoding = "greedy" if num_beams == 1 else f"beam-{num_beams}"
-  return Task("e2e", "E2E NLG (devset.csv -> testset_w_refs.csv)", spec, train, val,
+  return Task("e2e", TITLES["e2e"], spec, train, val,
               evaluate, "test_loss",
               f"{len(train)} training rows of devset.csv ({len(mrs) - len(held_mrs)} MRs), "
               f"{len(val)} rows of {len(held_mrs)} held-out MRs for the sweep (the held-out MRs' "
@@ -196,7 +200,7 @@ def gsm_task(spec, *, n_train=4000, n_val=256, n_test=300, seq_len=96) -> Task:
     return {"exact_match": ev.gsm8k_exact_match(preds, [a for _, a in test]),
             "example": preds[0]}
 
-  return Task("gsm", "Arithmetic word problems (generated, GSM8K format)", spec, train, val,
+  return Task("gsm", TITLES["gsm"], spec, train, val,
               evaluate, "exact_match",
               f"`synthetic_tasks.arithmetic_problem`: one addition or subtraction of numbers "
               f"1-9 in a restaurant sentence, solution `a+b=c` then `#### c`. {n_train} "
@@ -216,7 +220,7 @@ def glue_task(spec, *, n_train=4000, n_val=256, n_test=400, seq_len=96) -> Task:
                               st.LABELS)
     return ev.glue_metric("sst2", preds, [label for _, label in test])
 
-  return Task("glue", "Review sentiment (generated, GLUE/SST-2 style)", spec, train, val,
+  return Task("glue", TITLES["glue"], spec, train, val,
               evaluate, "accuracy",
               f"`synthetic_tasks.review_example`: two clauses with a positive or negative "
               f"adjective, possibly negated, joined by `and` (same polarity) or `but` (the "
@@ -371,7 +375,8 @@ def plot_curves(task: Task, res: dict, file: Path) -> None:
                     color=style.get("color"))
   ax.set_xlabel("step")
   ax.set_ylabel("training loss (nats per target byte)")
-  ax.set_title(f"{task.title}: mean of 3 seeds at each optimizer's best rate")
+  ax.set_title(f"{task.title}\nmean (band: min-max) of 3 seeds at each optimizer's best rate",
+               fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
@@ -558,6 +563,8 @@ def write_summary(print_fn=print) -> None:
       continue
     data = json.loads(raw.read_text())["results"]
     res = data["results"]
+    # The loss-curve PNG, redrawn from the JSON (the same data the part drew it from).
+    plot_curves(SimpleNamespace(title=TITLES[name]), res, report.RAW / f"quality_{name}.png")
     head = {"e2e": "test_loss", "gsm": "exact_match", "glue": "accuracy"}[name]
     means = {o: float(np.mean([s["metrics"].get(head, np.nan) for s in r["seeds"]]))
              for o, r in res.items()}
