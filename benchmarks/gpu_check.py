@@ -41,6 +41,8 @@ def main(argv=None):
   parser.add_argument("--train-repeats", type=int, default=10)
   parser.add_argument("--quick", action="store_true",
                       help="small shapes and tiny models (a dry run of the script)")
+  parser.add_argument("--optimizers", default=",".join(apl.optimizers),
+                      help="comma-separated registry names (adamw is always included)")
   parser.add_argument("--allow-cpu", action="store_true")
   args = parser.parse_args(argv)
   backend = jax.default_backend()
@@ -51,16 +53,19 @@ def main(argv=None):
   start = time.perf_counter()
   hidden, mlp, repeats = (1024, 2752, 5) if args.quick else (4096, 11008, args.repeats)
   shapes = optimizer_step.llama_shapes(hidden, mlp)
-  names = [n for n in apl.optimizers if n != optimizer_step.FULL]
+  chosen = [n for n in apl.optimizers if n in args.optimizers.split(",") or n == "adamw"]
+  names = [n for n in chosen if n != optimizer_step.FULL]
   steps = []
   for rank in (int(r) for r in args.ranks.split(",")):
     steps.append(optimizer_step.measure_rank(names, shapes, rank, 2, repeats, with_stages=True))
     print(optimizer_step.rank_table(steps[-1]) + "\n\n"
           + optimizer_step.stage_table(steps[-1]) + "\n", flush=True)
-  full = optimizer_step.measure_full(shapes, 16, 2, 3)
-  print(f"lora_pro_full: {full}", flush=True)
+  full = None
+  if optimizer_step.FULL in chosen:
+    full = optimizer_step.measure_full(shapes, 16, 2, 3)
+    print(f"lora_pro_full: {full}", flush=True)
   setting = train_step.QUICK["tiny-gpt2"] if args.quick else train_step.SETTINGS["gpt2-medium"]
-  whole = train_step.measure(setting, list(apl.optimizers), 3 if args.quick else
+  whole = train_step.measure(setting, chosen, 3 if args.quick else
                              args.train_repeats)
   print(train_step.table(whole), flush=True)
   device = jax.devices()[0].device_kind
@@ -71,11 +76,12 @@ def main(argv=None):
           "adamw).", "", optimizer_step.verdict(steps).replace("this CPU", device), ""]
   for res in steps:
     text += [optimizer_step.rank_table(res), "", optimizer_step.stage_table(res), ""]
-  text += ["| optimizer | min step (ms) | time vs adamw (min / median) | state vs adamw |",
-           "|---|---|---|---|"]
-  for name, r in full["optimizers"].items():
-    text.append(f"| {name} | {1e3 * r['min_s']:.2f} | {r['min_ratio']:.1f} / "
-                f"{r['median_ratio']:.1f} | {r['state_ratio']:.2f} |")
+  if full is not None:
+    text += ["| optimizer | min step (ms) | time vs adamw (min / median) | state vs adamw |",
+             "|---|---|---|---|"]
+    for name, r in full["optimizers"].items():
+      text.append(f"| {name} | {1e3 * r['min_s']:.2f} | {r['min_ratio']:.1f} / "
+                  f"{r['median_ratio']:.1f} | {r['state_ratio']:.2f} |")
   text += ["", train_step.table(whole), train_step.verdict([whole])]
   raw = report.write_section("gpu_check", "\n".join(text),
                              dict(optimizer_step=steps, lora_pro_full=full, train_step=whole),
