@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import sys
 import time
@@ -448,7 +449,12 @@ def plot_scaling(sc, path: Path) -> None:
                  color="lightgray", label="m n")
   axes[0].set(xlabel="rank r", ylabel="min step time (ms)", title="7B-shaped factors vs r")
   axes[1].set(xlabel="m + n", ylabel="min step time (ms)", title="one stacked pair vs m + n")
+  from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: PLC0415
+  axes[0].set_xticks(sorted({d["rank"] for d in sc["by_rank"]}))
+  axes[1].set_xticks(sorted({2 * d["m"] for d in sc["by_size"]}))
   for ax in axes:
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
   fig.tight_layout()
@@ -537,11 +543,16 @@ def main(argv=None):
                             [int(s) for s in args.sizes.split(",")], 16, args.layers,
                             max(5, args.repeats // 2))
   print(scaling_tables(scaling) + "\n\n" + verdict(results), flush=True)
+  load = os.getloadavg()
+  print(f"load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)")
   if args.quick or args.no_write:
     return results
   png = report.PAGE.parent / "benchmarks" / "step_scaling.png"
   plot_scaling(scaling, png)
-  text = [INTRO, verdict(results), ""]
+  text = [INTRO, f"Load average of the machine at the end of this run (1 / 5 / 15 min): "
+          f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores; above "
+          "the core count, other jobs shared the cores and the times are inflated.", "",
+          verdict(results), ""]
   for res in results:
     text += [rank_table(res), "", stage_table(res), ""]
   if full is not None:
@@ -557,7 +568,8 @@ def main(argv=None):
   text += ["### Scaling", "", scaling_tables(scaling), "",
            f"![step time vs r and vs m + n](benchmarks/{png.name})", ""]
   raw = report.write_section("optimizer_step", "\n".join(text),
-                             dict(ranks=results, lora_pro_full=full, scaling=scaling))
+                             dict(ranks=results, lora_pro_full=full, scaling=scaling,
+                                  load_average=load))
   print(f"wrote the optimizer_step section of {report.PAGE}, {raw} and {png}")
   return results
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import sys
 import time
@@ -234,7 +235,10 @@ def main(argv=None):
 
 def write(results: list[dict], planned: int) -> None:
   """The train_step section of docs/benchmarks.md with the models measured so far."""
-  text = INTRO + "\n" + "\n\n".join(table(r) for r in results) + "\n" + verdict(results)
+  load = os.getloadavg()
+  text = (INTRO + f"\nLoad average at the time of writing (1 / 5 / 15 min): {load[0]:.1f} / "
+          f"{load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores.\n\n"
+          + "\n\n".join(table(r) for r in results) + "\n" + verdict(results))
   if len(results) < planned:
     text += (f"\n\n(Partial: {len(results)} of the {planned} models of the command so far; "
              "the run writes this section again after each model.)")
