@@ -73,7 +73,7 @@ def main(argv=None):
           "`benchmarks/gpu_check.py`: the optimizer step on Llama-7B-shaped factors and the "
           "GPT-2-medium whole training step, as in the sections above, on the GPU named in the "
           "stamp (target for AdaPreLoRA's optimizer step at r = 16 there: within 1.5x of "
-          "adamw).", "", optimizer_step.verdict(steps).replace("this CPU", device), ""]
+          "adamw).", "", optimizer_step.verdict(steps, where=device, time_bound=1.5), ""]
   for res in steps:
     text += [optimizer_step.rank_table(res), "", optimizer_step.stage_table(res), ""]
   if full is not None:
