@@ -16,7 +16,7 @@ import optimizer_step  # noqa: E402
 
 import adaprelora_jax as apl  # noqa: E402
 
-SHAPES = {"up": (24, 40), "down": (40, 24)}  # (in, out)
+SHAPES = {"up": (24, 40)}  # (in, out): m != n
 RANK, LAYERS = 4, 2
 
 
