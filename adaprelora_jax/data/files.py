@@ -105,7 +105,11 @@ def _read_csv(file: Path, max_rows: int | None) -> tuple[list[dict[str, Any]], t
 
 
 def _read_parquet(file: Path, max_rows: int | None) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
-  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  try:
+    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise DataError(f"{file}: reading Parquet needs the `pyarrow` package "
+                    "(pip install 'adaprelora-jax[data]')") from e
 
   table = pq.read_table(file)
   if max_rows is not None:

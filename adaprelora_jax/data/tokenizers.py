@@ -87,7 +87,11 @@ class HFTokenizer:
   """
 
   def __init__(self, path: str | Path):
-    from tokenizers import Tokenizer as _Tokenizer  # pylint: disable=import-outside-toplevel
+    try:
+      from tokenizers import Tokenizer as _Tokenizer  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+      raise DataError(f"{path}: a tokenizer folder needs the `tokenizers` package "
+                      "(pip install 'adaprelora-jax[data]')") from e
 
     path = Path(path).expanduser()
     file = path if path.is_file() else path / "tokenizer.json"
