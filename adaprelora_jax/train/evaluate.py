@@ -36,7 +36,9 @@ import numpy as np
 
 from adaprelora_jax import eval as ev
 from adaprelora_jax.data import ChoiceExample, ClassificationExample, TaskData, TextExample
+from adaprelora_jax.train import heads
 from adaprelora_jax.train.config import ConfigError, EvalConfig
+from adaprelora_jax.train.tasks import pad_id_of
 
 Logits = Callable[[Any, Any], Any]
 
@@ -171,11 +173,6 @@ def score_predictions(data: TaskData, predictions: list[dict[str, Any]],
   return TaskResults(data.task, data.split, metrics, predictions, info)
 
 
-def _pad_id(tokenizer) -> int:
-  pad = getattr(tokenizer, "pad_id", None)
-  return tokenizer.eos_id if pad is None else int(pad)
-
-
 def _info(data: TaskData, **extra) -> dict[str, Any]:
   return {"task": data.task, "split": data.split, "source": data.source,
           "rows_read": data.rows_read, "skipped": dict(data.skipped), **extra}
@@ -217,7 +214,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str],
     width = min(width, positions // 2)  # keep room for at least half the context
     max_new = min(max_new, positions - width)
   truncated = sum(len(e) > width for e in encoded)
-  pad, eos = _pad_id(tokenizer), int(tokenizer.eos_id)
+  pad, eos = pad_id_of(tokenizer), int(tokenizer.eos_id)
   n = len(encoded)
   batch = min(config.batch_size, n)
   rows = -(-n // batch) * batch
@@ -279,7 +276,7 @@ def evaluate_classification(class_logits: Logits, tokenizer, data: TaskData, *, 
   padded to the longest text, at most `seq_len` tokens), scored by `glue_metric`."""
   examples = _check_examples(data, ClassificationExample)
   encoded = [list(tokenizer.encode(e.text)) for e in examples]
-  tokens, mask, truncated = _right_padded(encoded, seq_len, _pad_id(tokenizer))
+  tokens, mask, truncated = _right_padded(encoded, seq_len, pad_id_of(tokenizer))
   logits = _batched(class_logits, tokens, mask, batch_size)
   if logits.ndim != 2 or logits.shape[0] != len(examples):
     raise ValueError(f"class_logits must return (batch, num_labels), got {logits.shape[1:]}")
@@ -335,7 +332,7 @@ class ChoiceRows:
 def choice_rows(tokenizer, examples: Sequence[ChoiceExample], seq_len: int) -> ChoiceRows:
   """`encode(prompt) + encode(choice)` per choice, at most `seq_len` tokens (the prompt's
   start is cut first); position `t` scores `tokens[t + 1]` when that is a choice token."""
-  pad = _pad_id(tokenizer)
+  pad = pad_id_of(tokenizer)
   rows, starts, truncated = [], [], 0
   for q, e in enumerate(examples):
     prompt = list(tokenizer.encode(e.prompt))
@@ -395,19 +392,6 @@ def evaluate_multiple_choice(lm_logits: Logits, tokenizer, data: TaskData, *, se
   return score_predictions(data, predictions, info)
 
 
-def model_lm_logits(model) -> Logits:
-  """`lm_logits` of a causal LM: `model(tokens, attention_mask)`, jitted once."""
-  from flax import nnx  # noqa: PLC0415
-
-  graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def forward(state, tokens, mask):
-    return nnx.merge(graphdef, state)(tokens, attention_mask=mask)
-
-  return lambda tokens, mask: forward(state, tokens, mask)
-
-
 def evaluate_task(data: TaskData, tokenizer, *, model=None, class_logits: Logits | None = None,
                   lm_logits: Logits | None = None, settings: EvalConfig | None = None,
                   seq_len: int = 512) -> TaskResults:
@@ -427,6 +411,6 @@ def evaluate_task(data: TaskData, tokenizer, *, model=None, class_logits: Logits
   if lm_logits is None and model is None:
     raise ConfigError(f"{data.task}: multiple choice needs lm_logits or the model")
   if lm_logits is None:
-    lm_logits = model_lm_logits(model)
+    lm_logits = heads.lm_logits_fn(model)
   return evaluate_multiple_choice(lm_logits, tokenizer, data, seq_len=seq_len,
                                   batch_size=settings.eval_batch_size)
