@@ -44,9 +44,9 @@ import report  # noqa: E402
 
 import adaprelora_jax as apl  # noqa: E402
 from adaprelora_jax import eval as ev  # noqa: E402
-from adaprelora_jax.models.generation import generate  # noqa: E402
 from adaprelora_jax.train import data as data_lib  # noqa: E402
 from adaprelora_jax.train import synthetic_tasks as st  # noqa: E402
+from adaprelora_jax.train.evaluate import GenerationConfig, generate_texts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 E2E_DIR = ROOT.parent / "shared" / "data" / "e2e"
@@ -83,34 +83,13 @@ class Task:
 
 # --- Generation and scoring helpers.
 
-def _pad_prompts(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-  """Left-padded prompt ids and their attention mask."""
-  width = max(map(len, prompts))
-  ids = np.full((len(prompts), width), TOK.eos_id, np.int32)
-  mask = np.zeros((len(prompts), width), np.int32)
-  for i, p in enumerate(prompts):
-    ids[i, width - len(p):] = p
-    mask[i, width - len(p):] = 1
-  return ids, mask
-
-
 def greedy_texts(model, prompts: list[str], max_new_tokens: int, batch: int = 128,
                  num_beams: int = 1) -> list[str]:
   """Greedy (or beam-search) continuations of `prompts` up to the end token (byte
-  tokenizer)."""
-  out = []
-  for start in range(0, len(prompts), batch):
-    chunk = [TOK.encode(p) for p in prompts[start:start + batch]]
-    ids, mask = _pad_prompts(chunk)
-    tokens = np.asarray(generate(model, ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 eos_token_id=TOK.eos_id, pad_token_id=TOK.eos_id,
-                                 num_beams=num_beams))
-    for row in tokens[:, ids.shape[1]:]:
-      row = list(row)
-      if TOK.eos_id in row:
-        row = row[:row.index(TOK.eos_id)]
-      out.append(TOK.decode(row).strip())
-  return out
+  tokenizer), by `train.evaluate.generate_texts`."""
+  config = GenerationConfig(num_beams=num_beams, length_penalty=1.0, no_repeat_ngram_size=0,
+                            max_new_tokens=max_new_tokens, batch_size=batch)
+  return generate_texts(model, TOK, prompts, config)[0]
 
 
 _label_ll = jax.jit(lambda logits, targets, mask: ev.target_log_likelihoods(logits, targets, mask))
