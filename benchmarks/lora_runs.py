@@ -34,6 +34,22 @@ from adaprelora_jax.train.optim import LORA, make_schedule, param_labels
 from adaprelora_jax.train.step import make_eval_step, make_train_step, split_model
 
 GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
+# Named settings beside the registry's defaults: name -> (registry optimizer, keyword
+# arguments). AdaPreLoRA without momentum is the early-phase recommendation
+# (docs/training.md); the registry's `adaprelora` keeps the SPEC default b1 = 0.9.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "adaprelora_b1_none": ("adaprelora", {"b1": None}),
+}
+
+
+def resolve(name: str) -> tuple[str, dict[str, Any]]:
+  """(registry optimizer, keyword arguments) of a registry name or a `VARIANTS` name."""
+  if name in VARIANTS:
+    return VARIANTS[name]
+  if name in apl.optimizers:
+    return name, {}
+  raise ValueError(f"unknown optimizer {name!r}; known: "
+                   f"{', '.join([*apl.optimizers, *VARIANTS])}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,11 +97,13 @@ class RunResult:
 
 def lora_factory(name: str, lora_scale, options: dict[str, Any] | None = None
                  ) -> Callable[..., optax.GradientTransformation]:
-  """`factory(peak, unit_schedule)`: registry optimizer `name` on `peak * unit_schedule`
-  (`options`: more keyword arguments of the optimizer, e.g. `b1` or `damping`)."""
-  base = apl.optimizers[name]
+  """`factory(peak, unit_schedule)`: optimizer `name` (registry or `VARIANTS`) on
+  `peak * unit_schedule` (`options`: more keyword arguments, e.g. `b1` or `damping`)."""
+  registry_name, variant_options = resolve(name)
+  base = apl.optimizers[registry_name]
   kwargs = {"lora_scale": lora_scale} if "lora_scale" in inspect.signature(base).parameters \
       else {}
+  kwargs.update(variant_options)
   kwargs.update(options or {})
 
   def make(peak, unit):

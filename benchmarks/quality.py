@@ -25,6 +25,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -50,13 +51,17 @@ from adaprelora_jax.train.evaluate import GenerationConfig, generate_texts  # no
 
 ROOT = Path(__file__).resolve().parents[1]
 E2E_DIR = ROOT.parent / "shared" / "data" / "e2e"
-OPTIMIZERS = tuple(apl.optimizers)
+# Every registry optimizer, and AdaPreLoRA without momentum (`lora_runs.VARIANTS`).
+OPTIMIZERS = (*apl.optimizers, *lora_runs.VARIANTS)
 # Half-decade learning rates; each optimizer's sweep starts at three around its prior.
 RATES = tuple(float(f"{10 ** e:.0e}") if e == int(e) else float(f"{3 * 10 ** math.floor(e):.0e}")
               for e in np.arange(-5.0, 0.01, 0.5))
-PRIOR = {"adaprelora": 1e-3, "adamw": 1e-2, "adafactor": 1e-2, "loraplus": 3e-3,
-         "scaled_adamw": 3e-3, "lora_pro": 1e-2, "lora_pro_full": 1e-2, "lora_rite": 1e-2}
+PRIOR = {"adaprelora": 1e-3, "adaprelora_b1_none": 3e-3, "adamw": 1e-2, "adafactor": 1e-2,
+         "loraplus": 3e-3, "scaled_adamw": 3e-3, "lora_pro": 1e-2, "lora_pro_full": 1e-2, "lora_rite": 1e-2}
 SEEDS = (0, 1, 2)
+# The rows of AdaPreLoRA (bold in the tables) and how the text names them.
+OURS = {"adaprelora": "AdaPreLoRA (b1 = 0.9, the default)",
+        "adaprelora_b1_none": "AdaPreLoRA without momentum (b1 = None)"}
 TITLES = {"e2e": "E2E NLG (devset.csv -> testset_w_refs.csv)",
           "gsm": "Arithmetic word problems (generated, GSM8K format)",
           "glue": "Review sentiment (generated, GLUE/SST-2 style)"}
@@ -308,7 +313,7 @@ def task_table(task: Task, res: dict) -> str:
     lr = f"**{r['best_lr']:g}**{' (edge)' if r['edge'] else ''} <br><sub>{sweep_txt}</sub>"
     cells = [f"{summary[name][k][0]:.4f} ± {summary[name][k][1]:.4f}" for k in keys]
     diff = summary[name][head][0] - base
-    label = f"**{name}**" if name == "adaprelora" else name
+    label = f"**{name}**" if name in OURS else name
     lines.append(f"| {rank} | {label} | {lr} | {summary[name]['val'][0]:.4f} ± "
                  f"{summary[name]['val'][1]:.4f} | " + " | ".join(cells) +
                  f" | {diff:+.4f} |")
@@ -316,23 +321,25 @@ def task_table(task: Task, res: dict) -> str:
 
 
 def verdict(task: Task, order, summary) -> str:
-  """One sentence on where AdaPreLoRA stands (said plainly when it loses)."""
-  if "adaprelora" not in order:
-    return ""
+  """Sentences on where each AdaPreLoRA setting stands (said plainly when it loses)."""
   head = task.headline
-  rank = order.index("adaprelora") + 1
-  ours, ours_sd = summary["adaprelora"][head]
-  best = order[0]
-  text = f"AdaPreLoRA ranks {rank} of {len(order)} on {head} ({ours:.4f} ± {ours_sd:.4f})"
-  if best != "adaprelora":
-    gap = abs(summary[best][head][0] - ours)
-    text += f"; it **loses** to {best} by {gap:.4f}"
-  if "adamw" in summary:
-    aw = summary["adamw"][head][0]
-    ahead = ours > aw if task.higher_is_better else ours < aw
-    where = "level with" if ours == aw else "ahead of" if ahead else "behind"
-    text += f"; {where} AdamW ({aw:.4f})"
-  return text + "."
+  texts = []
+  for ours_name in (n for n in OURS if n in order):
+    rank = order.index(ours_name) + 1
+    ours, ours_sd = summary[ours_name][head]
+    best = order[0]
+    text = (f"{OURS[ours_name]} ranks {rank} of {len(order)} on {head} "
+            f"({ours:.4f} ± {ours_sd:.4f})")
+    if best != ours_name:
+      gap = abs(summary[best][head][0] - ours)
+      text += f"; it **loses** to {best} by {gap:.4f}"
+    if "adamw" in summary:
+      aw = summary["adamw"][head][0]
+      ahead = ours > aw if task.higher_is_better else ours < aw
+      where = "level with" if ours == aw else "ahead of" if ahead else "behind"
+      text += f"; {where} AdamW ({aw:.4f})"
+    texts.append(text + ".")
+  return " ".join(texts)
 
 
 def plot_curves(task: Task, res: dict, file: Path) -> None:
@@ -348,7 +355,8 @@ def plot_curves(task: Task, res: dict, file: Path) -> None:
     n = min(len(c) for c in curves)
     steps = curves[0][:n, 0]
     values = np.stack([c[:n, 1] for c in curves])
-    style = dict(lw=2.2, color="black") if name == "adaprelora" else dict(lw=1.2)
+    style = (dict(lw=2.2, color="black") if name == "adaprelora" else
+             dict(lw=2.2, color="black", ls="--") if name in OURS else dict(lw=1.2))
     ax.plot(steps, values.mean(0), label=f"{name} (lr {r['best_lr']:g})", **style)
     ax.fill_between(steps, values.min(0), values.max(0), alpha=0.15,
                     color=style.get("color"))
@@ -398,7 +406,7 @@ def run_toys(smoke: bool, print_fn=print) -> dict:
   """benchmarks/toy_problems.py (its own page docs/toy_problems.md and plot)."""
   import toy_problems  # noqa: PLC0415
 
-  t0 = time.perf_counter()
+  t0, load_start = time.perf_counter(), os.getloadavg()[0]
   if smoke:
     with tempfile.TemporaryDirectory() as tmp:
       toy_problems.main(["--steps", "5", "--lrs", "1e-2", "--problems", "regression",
@@ -409,7 +417,7 @@ def run_toys(smoke: bool, print_fn=print) -> dict:
     table = (ROOT / "docs" / "toy_problems.md").read_text()
   seconds = time.perf_counter() - t0
   print_fn(f"toy problems: {seconds:.0f} s")
-  return {"table": table, "seconds": seconds}
+  return {"table": table, "seconds": seconds, "load": (load_start, os.getloadavg()[0])}
 
 
 GPU_RECIPE = """### The paper's setting on a GPU (recipe; not run here)
@@ -446,11 +454,18 @@ is tuned there too (best of a 9-point learning-rate sweep, all rates in one vmap
 
 ![toy problems](toy_problems.png)
 
-Cost of this part: {minutes:.1f} minutes (2 CPU cores shared with other jobs).
+Cost of this part: {minutes:.1f} minutes on 2 CPU cores ({load}).
 """
 
 
-def write_docs(task: Task, res: dict, seconds: float, print_fn=print) -> None:
+def load_text(load: tuple[float, float] | None) -> str:
+  """How busy the machine was while a part ran (1-minute load averages, 2 cores)."""
+  if not load:
+    return "machine load not recorded"
+  return f"1-minute load average {load[0]:.1f} at the start and {load[1]:.1f} at the end"
+
+
+def write_docs(task: Task, res: dict, seconds: float, load=None, print_fn=print) -> None:
   table, order, summary = task_table(task, res)
   png = report.RAW / f"quality_{task.name}.png"
   report.RAW.mkdir(parents=True, exist_ok=True)
@@ -471,10 +486,11 @@ def write_docs(task: Task, res: dict, seconds: float, print_fn=print) -> None:
       f"rate (\"edge\": the best rate is the largest or smallest tried). Sorted by "
       f"{task.headline} ({'higher' if task.higher_is_better else 'lower'} is better).\n\n{table}\n\n{verdict(task, order, summary)}\n"
       f"{example_txt}\n![{task.name} loss curves](benchmarks/{png.name})\n\n"
-      f"Cost of this part: {seconds / 60:.1f} minutes (2 CPU cores shared with other jobs).\n")
+      f"Cost of this part: {seconds / 60:.1f} minutes on 2 CPU cores "
+      f"({load_text(load)}).\n")
   report.write_section(f"quality_{task.name}", markdown,
                        {"task": task.name, "spec": dataclasses.asdict(sp), "results": res,
-                        "seconds": seconds, "ranking": order})
+                        "seconds": seconds, "load": load, "ranking": order})
   print_fn(f"wrote section quality_{task.name}")
 
 
@@ -560,7 +576,7 @@ def write_summary(print_fn=print) -> None:
     means = {o: float(np.mean([s["metrics"].get(head, np.nan) for s in r["seeds"]]))
              for o, r in res.items()}
     order = data["ranking"]
-    bold = lambda o: f"**{o}**" if o == "adaprelora" else o
+    bold = lambda o: f"**{o}**" if o in OURS else o
     ranking.append(f"- {name}, {head}: " + " > ".join(
         f"{bold(o)} {means[o]:.3f}" for o in order))
     val = {o: float(np.mean([s["val_loss"] for s in r["seeds"]])) for o, r in res.items()}
@@ -569,13 +585,13 @@ def write_summary(print_fn=print) -> None:
             val[o], nan=np.inf))))
     val_order = sorted(val, key=lambda o: np.nan_to_num(val[o], nan=np.inf))
     finite = [means[o] for o in order if np.isfinite(means[o])]
-    if "adaprelora" in order:
+    for ours in (o for o in OURS if o in order):
       reading.append(
           f"- {name}: {head} spans {min(finite):.3f} to {max(finite):.3f} over the "
-          f"optimizers; AdaPreLoRA ranks {order.index('adaprelora') + 1} of {len(order)} "
-          f"on it and {val_order.index('adaprelora') + 1} of {len(val_order)} on the "
-          f"validation loss" + (" (it **loses** on both)" if order[0] != "adaprelora"
-                                and val_order[0] != "adaprelora" else "") + ".")
+          f"optimizers; {OURS[ours]} ranks {order.index(ours) + 1} of {len(order)} "
+          f"on it and {val_order.index(ours) + 1} of {len(val_order)} on the "
+          f"validation loss" + (" (it **loses** on both)" if order[0] != ours
+                                and val_order[0] != ours else "") + ".")
     costs.append(f"{name} {data['seconds'] / 60:.1f} min")
     total += data["seconds"] / 60
   toys = report.RAW / "quality_toys.json"
@@ -604,9 +620,9 @@ def main(argv=None):
   parser.add_argument("--rank", type=int, default=8)
   parser.add_argument("--alpha", type=float, default=16.0)
   parser.add_argument("--targets", default="c_attn,c_proj,c_fc")
-  parser.add_argument("--e2e-steps", type=int, default=50)
+  parser.add_argument("--e2e-steps", type=int, default=200)
   parser.add_argument("--e2e-batch", type=int, default=4)
-  parser.add_argument("--short-steps", type=int, default=80,
+  parser.add_argument("--short-steps", type=int, default=400,
                       help="steps of the generated tasks (gsm, glue; batch 8)")
   parser.add_argument("--e2e-data", default=str(E2E_DIR), help="folder of the E2E CSVs")
   parser.add_argument("--test-mrs", type=int, default=32,
@@ -623,26 +639,28 @@ def main(argv=None):
   if unknown:
     raise SystemExit(f"unknown parts {sorted(unknown)}; known: e2e, gsm, glue, toys, summary")
   optimizers = args.optimizers.split(",")
-  bad = [o for o in optimizers if o not in apl.optimizers]
+  bad = [o for o in optimizers if o not in OPTIMIZERS]
   if bad:
-    raise SystemExit(f"unknown optimizers {bad}; known: {', '.join(apl.optimizers)}")
+    raise SystemExit(f"unknown optimizers {bad}; known: {', '.join(OPTIMIZERS)}")
   results, costs = {}, {}
   for task in build_tasks(parts, args):
-    t0 = time.perf_counter()
+    load_start = os.getloadavg()[0]
     results[task.name] = evaluate_task(task, optimizers, max_extend=args.max_extend,
                                        base_path=args.base_path,
                                        cache=Path(args.cache) if args.cache else None)
     costs[task.name] = sum(r["train_seconds"] + r["eval_seconds"]
                            for r in results[task.name].values())
     if not args.no_write:
-      write_docs(task, results[task.name], costs[task.name])
+      write_docs(task, results[task.name], costs[task.name],
+                 load=(load_start, os.getloadavg()[0]))
   if "toys" in parts:
     toys = run_toys(args.smoke)
     costs["toys"] = toys["seconds"]
     results["toys"] = toys
     if not args.no_write:
       report.write_section("quality_toys", TOYS_TEXT.format(
-          table=toys["table"].strip(), minutes=toys["seconds"] / 60), toys)
+          table=toys["table"].strip(), minutes=toys["seconds"] / 60,
+          load=load_text(toys["load"])), toys)
   if "summary" in parts and not args.no_write:
     write_summary()
   print("costs (s):", json.dumps({k: round(v) for k, v in costs.items()}))

@@ -24,10 +24,13 @@ from adaprelora_jax.train.config import OptimConfig  # noqa: E402
 from adaprelora_jax.train.optim import make_schedule  # noqa: E402
 
 
-@pytest.mark.parametrize("name", ["adaprelora", "loraplus"])
-def test_peak_in_state_equals_the_plain_optimizer(name):
+@pytest.mark.parametrize("name, registry, options", [
+    ("adaprelora", "adaprelora", {}), ("loraplus", "loraplus", {}),
+    ("adaprelora_b1_none", "adaprelora", {"b1": None})])
+def test_peak_in_state_equals_the_plain_optimizer(name, registry, options):
   """The suite's optimizer (peak learning rate in `inject_hyperparams` state, the step
-  built at peak 1) gives the updates of the registry optimizer on `peak * unit`."""
+  built at peak 1) gives the updates of the registry optimizer on `peak * unit` (a
+  variant: with its keyword arguments)."""
   spec = lora_runs.RunSpec(steps=6, batch_size=1, warmup_steps=2)
   rng = np.random.default_rng(0)
   params = {"layer": {"lora_a": jnp.asarray(rng.normal(size=(6, 2)), jnp.float32),
@@ -37,9 +40,9 @@ def test_peak_in_state_equals_the_plain_optimizer(name):
   state = lora_runs.make_optimizer(name, params, lora_scale=2.0, spec=spec,
                                    peak=peak).init(params)
   unit = make_schedule(OptimConfig(learning_rate=1.0, warmup_steps=2), 6)
-  kwargs = {"lora_scale": 2.0} if name == "adaprelora" else {}
+  kwargs = dict(options, **({"lora_scale": 2.0} if registry == "adaprelora" else {}))
   plain = optax.chain(optax.clip_by_global_norm(1.0),
-                      apl.optimizers[name](lambda i: peak * unit(i), **kwargs))
+                      apl.optimizers[registry](lambda i: peak * unit(i), **kwargs))
   ref_state = plain.init(params)
   update1, update2 = jax.jit(built.update), jax.jit(plain.update)
   p1, p2 = params, params
@@ -51,6 +54,16 @@ def test_peak_in_state_equals_the_plain_optimizer(name):
       np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-9)
     p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
   assert max(float(jnp.max(jnp.abs(u))) for u in jax.tree.leaves(u1)) > 0
+  # Momentum state exists exactly when b1 is not None.
+  has_mu = any(getattr(s, "mu", None) is not None for s in jax.tree.leaves(
+      state, is_leaf=lambda x: isinstance(x, apl.AdaPreLoRAState)))
+  if registry == "adaprelora":
+    assert has_mu == ("b1" not in options)
+
+
+def test_unknown_optimizer_names_the_known_ones():
+  with pytest.raises(ValueError, match="adaprelora_b1_none"):
+    lora_runs.resolve("adaprelora_b2")
 
 
 @dataclasses.dataclass
@@ -96,9 +109,12 @@ def test_sweep_brackets_the_best_rate(best, max_extend, expect_edge):
     assert found == max(harness.calls) or found == min(harness.calls)
 
 
-def _results(adaprelora_acc):
+def _results(adaprelora_acc, b1_none_acc=None):
   out = {}
-  for name, acc in (("adaprelora", adaprelora_acc), ("adamw", 0.8), ("lora_rite", 0.7)):
+  rows = [("adaprelora", adaprelora_acc), ("adamw", 0.8), ("lora_rite", 0.7)]
+  if b1_none_acc is not None:
+    rows.append(("adaprelora_b1_none", b1_none_acc))
+  for name, acc in rows:
     out[name] = {"best_lr": 1e-3, "edge": name == "lora_rite", "sweep": {"0.001": 1.0},
                  "seeds": [{"seed": s, "val_loss": 1.0 + s, "losses": [(1, 2.0), (2, 1.5)],
                             "metrics": {"accuracy": acc + 0.01 * s}} for s in range(3)]}
@@ -117,6 +133,11 @@ def test_table_and_verdict_say_when_adaprelora_loses():
   _, order, summary = quality.task_table(task, _results(0.9))
   text = quality.verdict(task, order, summary)
   assert "ranks 1 of 3" in text and "loses" not in text and "ahead of AdamW" in text
+  # Both AdaPreLoRA rows get their own sentence, with the momentum setting named.
+  _, order, summary = quality.task_table(task, _results(0.6, b1_none_acc=0.9))
+  first, second = quality.verdict(task, order, summary).split("). ")
+  assert "b1 = 0.9" in first and "ranks 4 of 4" in first and "behind AdamW" in first
+  assert "b1 = None" in second and "ranks 1 of 4" in second and "ahead of AdamW" in second
 
 
 def test_runs_reuse_one_compiled_step(package_base):
