@@ -76,7 +76,7 @@ def test_llm_finetune_example_runs_a_tiny_task_config(tmp_path, capsys):
 
   from adaprelora_jax.eval import target_log_likelihoods  # noqa: PLC0415
   from adaprelora_jax.train.heads import lm_logits_fn  # noqa: PLC0415
-  from adaprelora_jax.train.tasks import encode_choice_rows  # noqa: PLC0415
+  from adaprelora_jax.train.evaluate import choice_rows  # noqa: PLC0415
 
   rows = [{"question": f"capital {c}?", "answerKey": "B",
            "choices": {"text": ["x", c.upper(), "y"], "label": ["A", "B", "C"]}}
@@ -92,10 +92,10 @@ def test_llm_finetune_example_runs_a_tiny_task_config(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "llama_tiny_arc (arc/challenge): loss" in out and "eval_loss" in out
   print(f"llama_tiny_arc losses {losses[0]:.3f} -> {losses[-1]:.3f}")
-  rows = encode_choice_rows(result.data.eval_task, result.data.tokenizer, 128)
-  logits = lm_logits_fn(result.model, result.mesh)(rows.tokens[:, :-1], rows.attention_mask)
-  scores = np.asarray(target_log_likelihoods(jnp.asarray(logits), jnp.asarray(rows.tokens[:, 1:]),
-                                             jnp.asarray(rows.loss_mask)))
+  rows = choice_rows(result.data.tokenizer, result.data.eval_task.examples, 128)
+  logits = lm_logits_fn(result.model, result.mesh)(rows.tokens, rows.attention)
+  scores = np.asarray(target_log_likelihoods(jnp.asarray(logits), jnp.asarray(rows.targets),
+                                             jnp.asarray(rows.score_mask)))
   assert scores.shape == (3 * 16,) and np.all(scores < 0)
   # The end of the run scored every question both ways from those log-likelihoods.
   results = result.task_results

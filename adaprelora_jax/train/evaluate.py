@@ -37,8 +37,8 @@ import numpy as np
 from adaprelora_jax import eval as ev
 from adaprelora_jax.data import ChoiceExample, ClassificationExample, TaskData, TextExample
 from adaprelora_jax.train import heads
-from adaprelora_jax.train.config import ConfigError, EvalConfig
-from adaprelora_jax.train.tasks import pad_id_of
+from adaprelora_jax.train.config import TASK_FAMILIES, ConfigError, EvalConfig
+from adaprelora_jax.train.tasks import check_family, pad_id_of
 
 Logits = Callable[[Any, Any], Any]
 
@@ -76,16 +76,17 @@ GSM8K_GENERATION = GenerationConfig(num_beams=1, length_penalty=1.0, no_repeat_n
                                     max_new_tokens=256)
 
 
+# The result files' family names of the training families (`config.TASK_FAMILIES`).
+EVAL_FAMILIES = {"text": "generation", "classification": "classification",
+                 "choice": "multiple_choice"}
+
+
 def task_family(task: str) -> str:
-  """`"generation"` (e2e, gsm8k), `"classification"` (glue/*) or `"multiple_choice"` (arc/*)."""
-  if task in ("e2e", "gsm8k"):
-    return "generation"
-  if task.startswith("glue/"):
-    return "classification"
-  if task.startswith("arc/"):
-    return "multiple_choice"
-  raise ConfigError(f"no evaluation for task {task!r}; tasks: e2e, gsm8k, glue/<name>, "
-                    "arc/<name>")
+  """`"generation"` (e2e, gsm8k), `"classification"` (glue/*) or `"multiple_choice"`
+  (arc/*): `config.TASK_FAMILIES` under the names the results files carry."""
+  if task not in TASK_FAMILIES:
+    raise ConfigError(f"no evaluation for task {task!r}; tasks: {', '.join(TASK_FAMILIES)}")
+  return EVAL_FAMILIES[TASK_FAMILIES[task]]
 
 
 def generation_config(task: str, settings: EvalConfig | None = None) -> GenerationConfig:
@@ -179,11 +180,10 @@ def _info(data: TaskData, **extra) -> dict[str, Any]:
 
 
 def _check_examples(data: TaskData, kind: type) -> list:
+  """The records of `data`, all of family `kind` (`tasks.check_family`), at least one."""
+  check_family(data, kind)
   if not data.examples:
     raise ConfigError(f"{data.task} {data.split} ({data.source}): no example to evaluate")
-  wrong = [type(e).__name__ for e in data.examples if not isinstance(e, kind)]
-  if wrong:
-    raise ConfigError(f"{data.task} is evaluated on {kind.__name__} records, got {wrong[0]}")
   return list(data.examples)
 
 
@@ -320,7 +320,8 @@ def _batched(fn: Logits, tokens: np.ndarray, mask: np.ndarray, batch_size: int) 
 @dataclasses.dataclass(frozen=True)
 class ChoiceRows:
   """One row per (question, choice): tokens, attention mask, next tokens and the mask of
-  the positions that predict a choice token."""
+  the positions that predict a choice token (`truncated`: questions whose prompt start
+  was cut to fit)."""
 
   tokens: np.ndarray       # (rows, width) int32, right-padded
   attention: np.ndarray    # (rows, width) bool
@@ -338,6 +339,7 @@ def choice_rows(tokenizer, examples: Sequence[ChoiceExample], seq_len: int) -> C
     prompt = list(tokenizer.encode(e.prompt))
     if not prompt:
       raise ConfigError(f"question {q}: the prompt has no token")
+    cut = False
     for c, choice in enumerate(e.choices):
       answer = list(tokenizer.encode(choice))
       if not answer:
@@ -346,9 +348,10 @@ def choice_rows(tokenizer, examples: Sequence[ChoiceExample], seq_len: int) -> C
         raise ConfigError(f"question {q}, choice {c}: {len(answer)} tokens do not fit "
                           f"seq_len {seq_len} after a prompt token; raise seq_len")
       keep = min(len(prompt), seq_len - len(answer))
-      truncated += keep < len(prompt)
+      cut = cut or keep < len(prompt)
       rows.append(prompt[len(prompt) - keep:] + answer)
       starts.append(keep)
+    truncated += cut
   width = max(len(r) for r in rows)
   tokens = np.full((len(rows), width), pad, np.int32)
   attention = np.zeros((len(rows), width), bool)

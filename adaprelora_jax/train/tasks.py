@@ -5,8 +5,8 @@
 - `ClassificationExample` (GLUE): the text's tokens right-padded to `seq_len`, an
   attention mask and the label (`ClassificationData`); the head reads the last real token.
 - `ChoiceExample` (ARC): for training, `prompt + right choice` as an LM row with the loss
-  on the choice (`choice_training_examples`); for evaluation, one row per (question,
-  choice) with the loss mask on that choice (`ChoiceRows`), for answer log-likelihoods.
+  on the choice (`choice_training_examples`); the evaluation scores one row per
+  (question, choice) (`evaluate.choice_rows`).
 
 A row that does not fit `seq_len` is dropped and counted under "longer than seq_len"
 next to the loader's own reasons (`TaskData.skipped`); only a split without a single
@@ -53,7 +53,8 @@ def _skipped(task: TaskData, **ours: int) -> dict[str, int]:
   return out
 
 
-def _check_family(task: TaskData, kind: type) -> None:
+def check_family(task: TaskData, kind: type) -> None:
+  """A `DataError` unless every record of `task` is a `kind` (e.g. `TextExample`)."""
   wrong = [type(e).__name__ for e in task.examples if not isinstance(e, kind)]
   if wrong:
     raise DataError(f"{task.task} {task.split} ({task.source}): expected {kind.__name__} "
@@ -68,7 +69,7 @@ def _no_rows(task: TaskData, skipped: Mapping[str, int], seq_len: int) -> DataEr
 
 def encode_text(task: TaskData, tokenizer: Tokenizer, seq_len: int) -> data_lib.TokenizedData:
   """`TextExample`s as LM rows: `prompt + target + eos`, the loss on the target."""
-  _check_family(task, TextExample)
+  check_family(task, TextExample)
   examples = [data_lib.Example(tokenizer.encode(e.prompt),
                                tokenizer.encode(e.target) + [tokenizer.eos_id])
               for e in task.examples]
@@ -78,7 +79,7 @@ def encode_text(task: TaskData, tokenizer: Tokenizer, seq_len: int) -> data_lib.
 def choice_training_examples(task: TaskData, tokenizer: Tokenizer) -> list[data_lib.Example]:
   """`ChoiceExample`s as LM examples: the prompt, then the right choice as the target
   (the continuation the evaluation scores, no end token)."""
-  _check_family(task, ChoiceExample)
+  check_family(task, ChoiceExample)
   return [data_lib.Example(tokenizer.encode(e.prompt), tokenizer.encode(e.choices[e.answer]))
           for e in task.examples]
 
@@ -148,7 +149,7 @@ class ClassificationData:
 def encode_classification(task: TaskData, tokenizer: Tokenizer,
                           seq_len: int) -> ClassificationData:
   """`ClassificationExample`s as right-padded rows with attention masks and labels."""
-  _check_family(task, ClassificationExample)
+  check_family(task, ClassificationExample)
   if not task.label_names:
     raise DataError(f"{task.task} {task.split} ({task.source}): a classification task "
                     "needs its label_names")
@@ -178,64 +179,3 @@ def encode_classification(task: TaskData, tokenizer: Tokenizer,
     raise _no_rows(task, skipped, seq_len)
   return ClassificationData(np.stack(rows), np.stack(masks), np.asarray(labels, np.int32),
                             tuple(task.label_names), task.rows_read, skipped)
-
-
-@dataclasses.dataclass(frozen=True)
-class ChoiceRows:
-  """Every (question, choice) of a multiple-choice split as one LM row.
-
-  `tokens (m, seq_len + 1)`: prompt + choice, right-padded; the model reads
-  `tokens[:, :-1]` (`attention_mask (m, seq_len)`) and `loss_mask (m, seq_len)` marks the
-  positions that predict the choice's tokens, so
-  `target_log_likelihoods(logits, tokens[:, 1:], loss_mask)` is each choice's summed
-  log-likelihood and `loss_mask.sum(-1)` its length. `question`/`choice (m,)` name the
-  row; `examples` indexes `TaskData.examples` by question and `answers` gives the right
-  choice of each question kept.
-  """
-
-  tokens: np.ndarray
-  attention_mask: np.ndarray
-  loss_mask: np.ndarray
-  question: np.ndarray
-  choice: np.ndarray
-  examples: np.ndarray
-  answers: np.ndarray
-  skipped: Mapping[str, int]
-
-  def __len__(self) -> int:
-    return len(self.tokens)
-
-
-def encode_choice_rows(task: TaskData, tokenizer: Tokenizer, seq_len: int) -> ChoiceRows:
-  """One row per (question, choice); a question with a choice that does not fit is
-  dropped whole (counted "longer than seq_len")."""
-  _check_family(task, ChoiceExample)
-  pad = pad_id_of(tokenizer)
-  rows, loss, lengths, question, choice, kept, answers = [], [], [], [], [], [], []
-  too_long = 0
-  for i, example in enumerate(task.examples):
-    prompt = tokenizer.encode(example.prompt)
-    encoded = [tokenizer.encode(c) for c in example.choices]
-    if any(len(prompt) + len(c) > seq_len + 1 or not c for c in encoded):
-      too_long += 1
-      continue
-    for j, c in enumerate(encoded):
-      row = np.full(seq_len + 1, pad, np.int32)
-      row[:len(prompt) + len(c)] = prompt + c
-      mask = np.zeros(seq_len, np.float32)
-      mask[len(prompt) - 1:len(prompt) + len(c) - 1] = 1.0
-      rows.append(row)
-      loss.append(mask)
-      lengths.append(len(prompt) + len(c))
-      question.append(len(kept))
-      choice.append(j)
-    kept.append(i)
-    answers.append(example.answer)
-  skipped = _skipped(task, too_long=too_long)
-  if not rows:
-    raise _no_rows(task, skipped, seq_len)
-  # The model reads tokens[:, :-1]: the real ones are the first min(length, seq_len).
-  attention = np.arange(seq_len)[None, :] < np.asarray(lengths)[:, None]
-  return ChoiceRows(np.stack(rows), attention, np.stack(loss), np.asarray(question, np.int32),
-                    np.asarray(choice, np.int32), np.asarray(kept, np.int32),
-                    np.asarray(answers, np.int32), skipped)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from adaprelora_jax.data import ChoiceExample, ClassificationExample, TaskData, TextExample
+from adaprelora_jax.data import (ChoiceExample, ClassificationExample, DataError, TaskData,
+                                 TextExample)
 from adaprelora_jax.eval import read_results
 from adaprelora_jax.models import build_model, config_by_name
 from adaprelora_jax.train import ByteTokenizer
@@ -203,7 +204,7 @@ def test_bad_input_is_a_clear_error(tiny_gpt2):
   glue = _data("glue/sst2", [ClassificationExample("good", 1)])
   with pytest.raises(ConfigError, match="needs class_logits"):
     evaluate_task(glue, tok, model=tiny_gpt2)
-  with pytest.raises(ConfigError, match="ClassificationExample records, got TextExample"):
+  with pytest.raises(DataError, match="ClassificationExample records, got TextExample"):
     evaluate_classification(lambda t, m: t, tok, _data("glue/sst2", [TextExample("a", "b")]),
                             seq_len=8)
   with pytest.raises(ConfigError, match="no evaluation for task 'squad'"):

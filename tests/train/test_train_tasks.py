@@ -21,6 +21,7 @@ from adaprelora_jax.models import build_model, config_by_name
 from adaprelora_jax.train import cli, loop, tasks
 from adaprelora_jax.train.config import config_by_name as train_config
 from adaprelora_jax.train.data import ByteTokenizer
+from adaprelora_jax.train.evaluate import choice_rows
 from adaprelora_jax.train.heads import class_logits_fn, lm_logits_fn
 
 TOK = ByteTokenizer()
@@ -41,33 +42,34 @@ def test_text_rows_mask_the_target_and_count_long_rows():
 
 
 def test_choice_rows_score_each_choice_like_the_unpadded_model():
-  """One row per (question, choice); the summed log-likelihoods of the rows are the
-  float64 log-softmax of the choice's tokens after its prompt, and padding changes nothing."""
-  task = TaskData("arc/easy", "test", "mem", (
-      ChoiceExample("Q: sky?\nAnswer:", (" blue", " green", " red sky"), 0),
-      ChoiceExample("Q: " + "long " * 20, (" a", " b"), 1),
-      ChoiceExample("Q: 2+2?\nAnswer:", (" 4", " 5"), 0)), rows_read=3)
-  rows = tasks.encode_choice_rows(task, TOK, seq_len=24)
-  assert dict(rows.skipped) == {"longer than seq_len": 1}
-  assert rows.question.tolist() == [0, 0, 0, 1, 1] and rows.choice.tolist() == [0, 1, 2, 0, 1]
-  assert rows.examples.tolist() == [0, 2] and rows.answers.tolist() == [0, 0]
+  """One row per (question, choice), as the evaluation builds them; the summed
+  log-likelihoods of the rows are the float64 log-softmax of the choice's tokens after its
+  prompt, a prompt too long loses its start (counted once per question), and padding
+  changes nothing."""
+  examples = (ChoiceExample("Q: sky?\nAnswer:", (" blue", " green", " red sky"), 0),
+              ChoiceExample("Q: " + "long " * 20, (" a", " b"), 1),
+              ChoiceExample("Q: 2+2?\nAnswer:", (" 4", " 5"), 0))
+  seq_len = 24
+  rows = choice_rows(TOK, examples, seq_len)
+  assert rows.truncated == 1 and rows.tokens.shape == (7, seq_len)
   model = build_model(config_by_name("tiny-llama"), rngs=nnx.Rngs(0))
-  logits = lm_logits_fn(model)(rows.tokens[:, :-1], rows.attention_mask)
-  scores = np.asarray(target_log_likelihoods(logits, jnp.asarray(rows.tokens[:, 1:]),
-                                             jnp.asarray(rows.loss_mask)))
+  logits = lm_logits_fn(model)(rows.tokens, rows.attention)
+  scores = np.asarray(target_log_likelihoods(logits, jnp.asarray(rows.targets),
+                                             jnp.asarray(rows.score_mask)))
   logits = np.asarray(logits, np.float64)
   logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  for r, (q, c) in enumerate(zip(rows.question, rows.choice)):
-    example = task.examples[rows.examples[q]]
-    prompt, choice = TOK.encode(example.prompt), TOK.encode(example.choices[c])
+  pairs = [(q, c) for q, e in enumerate(examples) for c in range(len(e.choices))]
+  for r, (q, c) in enumerate(pairs):
+    prompt, choice = TOK.encode(examples[q].prompt), TOK.encode(examples[q].choices[c])
+    prompt = prompt[max(0, len(prompt) + len(choice) - seq_len):]
     np.testing.assert_array_equal(rows.tokens[r, :len(prompt) + len(choice)], prompt + choice)
     expected = sum(logp[r, len(prompt) - 1 + k, t] for k, t in enumerate(choice))
     np.testing.assert_allclose(scores[r], expected, rtol=1e-5)
   # The longest row (question 0, " red sky") alone and unpadded: the same logits.
-  n = int(rows.attention_mask[2].sum())
+  n = int(rows.attention[2].sum())
   alone = model(jnp.asarray(rows.tokens[2:3, :n]))
   np.testing.assert_allclose(np.asarray(alone)[0], logits[2, :n], rtol=1e-4, atol=1e-5)
-  assert rows.loss_mask.sum(-1).tolist() == [5, 6, 8, 2, 2]
+  assert rows.score_mask.sum(-1).tolist() == [5, 6, 8, 2, 2, 2, 2]
 
 
 TASK_OF = {"llama_tiny_glue": "glue/sst2", "llama_tiny_gsm8k": "gsm8k",
