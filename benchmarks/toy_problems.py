@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import math
 import pathlib
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,9 @@ import numpy as np
 import optax
 
 import adaprelora_jax as apl
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import lora_runs  # noqa: E402  (the named optimizer settings, VARIANTS)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -105,9 +109,12 @@ STATIC = {"adafactor": ("min_dim_size_to_factor",)}
 
 
 def sweep(problem: Problem, name: str, lrs: np.ndarray, steps: int) -> np.ndarray:
-  """Loss curves (len(lrs), steps + 1): the loss before each update and after the last."""
-  tx = optax.inject_hyperparams(apl.optimizers[name], static_args=STATIC.get(name, ()))(
-      learning_rate=1.0)
+  """Loss curves (len(lrs), steps + 1): the loss before each update and after the last
+  (`name`: a registry optimizer or a `lora_runs.VARIANTS` setting)."""
+  registry_name, options = lora_runs.resolve(name)
+  tx = optax.inject_hyperparams(apl.optimizers[registry_name],
+                                static_args=STATIC.get(registry_name, ()))(
+      learning_rate=1.0, **options)
 
   def train(lr):
     state = tx.init(problem.params)
@@ -148,7 +155,7 @@ def main(argv=None):
                       help="steps-to-tolerance threshold, relative to the initial loss")
   parser.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,0.1,0.3,1.0")
   parser.add_argument("--problems", default=",".join(PROBLEMS))
-  parser.add_argument("--optimizers", default=",".join(apl.optimizers))
+  parser.add_argument("--optimizers", default=",".join([*apl.optimizers, *lora_runs.VARIANTS]))
   parser.add_argument("--out", default=str(ROOT / "docs"))
   args = parser.parse_args(argv)
 
