@@ -48,6 +48,8 @@ def machine() -> dict[str, Any]:
       "device_count": jax.device_count(),
       "python": platform.python_version(),
       "versions": versions,
+      # Other work on the machine inflates times: the 1-minute load average when written.
+      "load_average": round(os.getloadavg()[0], 2),
   }
 
 
@@ -64,8 +66,10 @@ def command() -> str:
 def stamp(info: dict[str, Any], cmd: str) -> str:
   """The line under a table: command, machine, versions."""
   versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+  load = (f", load average {info['load_average']:g} when written"
+          if info.get("load_average") is not None else "")
   return (f"*Made by `{cmd}` on {info['device_count']} x {info['device']} "
-          f"({info['backend']}, {info['cpu_count']} CPU cores, {info['processor']}); "
+          f"({info['backend']}, {info['cpu_count']} CPU cores, {info['processor']}{load}); "
           f"{versions}.*\n")
 
 

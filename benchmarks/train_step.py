@@ -206,9 +206,7 @@ def main(argv=None):
   parser.add_argument("--models", default=",".join(SETTINGS),
                       help=f"comma-separated, of {', '.join(SETTINGS)}")
   parser.add_argument("--optimizers", default=",".join(apl.optimizers))
-  parser.add_argument("--repeats", type=int, default=5,
-                      help="interleaved repeats (gpt2-medium uses at most 3: ~10 s a step "
-                           "on 2 cores)")
+  parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats")
   parser.add_argument("--quick", action="store_true",
                       help="tiny models, 3 repeats, nothing written")
   parser.add_argument("--no-write", action="store_true",
@@ -224,8 +222,7 @@ def main(argv=None):
       SETTINGS[m] for m in args.models.split(",")]
   results = []
   for setting in settings:
-    repeats = 3 if args.quick else (min(args.repeats, 3) if setting.name == "gpt2-medium"
-                                    else args.repeats)
+    repeats = 3 if args.quick else args.repeats
     results.append(measure(setting, names, repeats))
     print(table(results[-1]) + "\n", flush=True)
     if not (args.quick or args.no_write):  # After each model: a long run keeps what it has.
