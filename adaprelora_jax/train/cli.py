@@ -43,6 +43,20 @@ per host with --coordinator-address (or JAX_COORDINATOR_ADDRESS), --num-processe
 """
 
 
+# `--b1 none` is None, so "not given" needs its own value.
+_UNSET = object()
+
+
+def _b1_value(text: str) -> float | None:
+  """`--b1`: 'none' or a number."""
+  if text.strip().lower() == "none":
+    return None
+  try:
+    return float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="adaprelora-finetune", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -60,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "adafactor, loraplus, scaled_adamw, lora_pro, lora_pro_full, "
                       "lora_rite); for the demo a comma-separated list (default "
                       "adaprelora,adamw)")
+  p.add_argument("--b1", type=_b1_value, default=_UNSET, metavar="B1",
+                 help="momentum decay of the LoRA optimizer (the demo: of adaprelora): a "
+                      "number in [0, 1), or 'none' (no momentum, adaprelora only: "
+                      "recommended from the PEFT init); default: the optimizer's own (0.9)")
   p.add_argument("--learning-rate", type=float, metavar="LR",
                  help="peak learning rate (default: the config's; the demo's are swept)")
   p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps in total")
@@ -151,6 +169,8 @@ def make_config(args: argparse.Namespace, *, demo: bool) -> config_lib.TrainConf
              if getattr(args, flag) is not None}
   if args.model_path is not None:
     changes["path"] = args.model_path
+  if args.b1 is not _UNSET:
+    changes["b1"] = args.b1
   if args.optimizer is not None and not demo:
     changes["optimizer"] = args.optimizer
   if demo:

@@ -35,6 +35,11 @@ TASKS = tuple(TASK_FAMILIES)
 PACKAGE_BASE = "package-base"
 
 
+# `OptimConfig.b1`: the optimizer's own momentum; the optimizers that take `b1=None`.
+DEFAULT_B1 = "default"
+B1_NONE_OPTIMIZERS = ("adaprelora",)
+
+
 class ConfigError(ValueError):
   """A configuration or input that cannot run; the command prints it without a traceback."""
 
@@ -146,6 +151,10 @@ class OptimConfig:
   max_grad_norm: float | None = 1.0
   # Label smoothing of the cross-entropy (0: none).
   label_smoothing: float = 0.0
+  # Momentum decay `b1` of the LoRA optimizer: "default" (the optimizer's own, 0.9), a
+  # float in [0, 1), or None (no momentum; AdaPreLoRA only: the setting recommended from
+  # the PEFT init, docs/choosing.md).
+  b1: float | str | None = DEFAULT_B1
 
   def __post_init__(self):
     from adaprelora_jax import optimizers  # noqa: PLC0415 (avoid an import cycle)
@@ -160,6 +169,22 @@ class OptimConfig:
            f"max_grad_norm must be positive or None, got {self.max_grad_norm}")
     _check(0.0 <= self.label_smoothing < 1.0,
            f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+    if self.b1 != DEFAULT_B1:
+      import inspect  # noqa: PLC0415
+
+      params = inspect.signature(optimizers[self.optimizer]).parameters
+      _check("b1" in params, f"b1: optimizer {self.optimizer!r} has no b1 argument")
+      if self.b1 is None:
+        _check(self.optimizer in B1_NONE_OPTIMIZERS,
+               f"b1=None (no momentum): only {', '.join(B1_NONE_OPTIMIZERS)} can run "
+               f"without momentum, not {self.optimizer!r}")
+      else:
+        _check(not isinstance(self.b1, (str, bool)) and 0.0 <= float(self.b1) < 1.0,
+               f"b1 must be {DEFAULT_B1!r}, None or a number in [0, 1), got {self.b1!r}")
+
+  def optimizer_kwargs(self) -> dict[str, Any]:
+    """The keyword arguments of the LoRA optimizer that this config sets (`b1`)."""
+    return {} if self.b1 == DEFAULT_B1 else {"b1": self.b1}
 
 
 @dataclasses.dataclass(frozen=True)

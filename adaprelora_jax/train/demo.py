@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from adaprelora_jax.train.base_model import ensure_package_base
-from adaprelora_jax.train.config import PACKAGE_BASE, ConfigError, TrainConfig
+from adaprelora_jax.train.config import DEFAULT_B1, PACKAGE_BASE, ConfigError, TrainConfig
 from adaprelora_jax.train.loop import TrainResult, train
 
 # The best final evaluation loss of the sweep in docs/training.md (150 steps, the demo's
@@ -103,7 +103,9 @@ def run_demo(config: TrainConfig, output_dir: str | Path, *,
   results, rows = {}, []
   for name in optimizers:
     lr = learning_rate or SWEPT_LEARNING_RATES.get(name, config.optim.learning_rate)
-    run = config.replace(optimizer=name, learning_rate=lr)
+    # `--b1` is AdaPreLoRA's; the baselines keep their own momentum.
+    b1 = config.optim.b1 if name == "adaprelora" else DEFAULT_B1
+    run = config.replace(optimizer=name, learning_rate=lr, b1=b1)
     print_fn(f"== {name} (learning rate {lr:g}) ==")
     results[name] = train(run, output_dir / name, resume=resume, progress=progress,
                           print_fn=print_fn)

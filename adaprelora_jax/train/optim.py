@@ -70,6 +70,7 @@ def make_optimizer(config: OptimConfig, params: Any, *, lora_scale: Any,
     kwargs = {}
     if "lora_scale" in inspect.signature(factory).parameters:
       kwargs["lora_scale"] = lora_scale
+    kwargs.update(config.optimizer_kwargs())
     transforms[LORA] = factory(make_schedule(config, max_steps), **kwargs)
   if OTHER in present:
     other = config if config.other_learning_rate is None else OptimConfig(

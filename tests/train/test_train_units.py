@@ -130,3 +130,57 @@ def test_generated_task_is_deterministic_and_fits_the_demo_context():
   a = synthetic.task_data(300, 0, tok, 256)
   np.testing.assert_array_equal(a.tokens, synthetic.task_data(300, 0, tok, 256).tokens)
   assert a.dropped == 0 and a.truncated <= 3
+
+
+def test_b1_setting_reaches_the_lora_optimizer():
+  """`OptimConfig.b1` (the `--b1` flag): no momentum state for AdaPreLoRA with None, the
+  registry optimizer's own updates with a number, and clear errors where it cannot
+  apply."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  import adaprelora_jax as apl  # noqa: PLC0415
+  from adaprelora_jax.train import cli  # noqa: PLC0415
+  from adaprelora_jax.train.optim import make_optimizer  # noqa: PLC0415
+
+  rng = np.random.default_rng(0)
+  params = {"layer": {"lora_a": jnp.asarray(rng.normal(size=(6, 2)), jnp.float32),
+                      "lora_b": jnp.asarray(rng.normal(size=(2, 5)), jnp.float32)}}
+  grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), params)
+
+  def has_momentum(config):
+    state = make_optimizer(config, params, lora_scale=1.0, max_steps=4).init(params)
+    found = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(
+        x, apl.AdaPreLoRAState)) if isinstance(s, apl.AdaPreLoRAState)]
+    assert len(found) == 1
+    return found[0].mu is not None
+
+  assert has_momentum(OptimConfig(optimizer="adaprelora"))
+  assert not has_momentum(OptimConfig(optimizer="adaprelora", b1=None))
+  # A number is the optimizer's own b1: AdamW's updates with b1 = 0.5, which differ from
+  # the default 0.9's from the second step on.
+  config = OptimConfig(optimizer="adamw", b1=0.5, learning_rate=0.1, max_grad_norm=None)
+
+  def two_updates(tx):
+    state = tx.init(params)
+    _, state = tx.update(grads, state, params)
+    second, _ = tx.update(jax.tree.map(lambda g: -0.3 * g, grads), state, params)
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(second)])
+
+  got = two_updates(make_optimizer(config, params, lora_scale=1.0, max_steps=4))
+  schedule = make_schedule(config, 4)
+  np.testing.assert_allclose(got, two_updates(apl.optimizers["adamw"](schedule, b1=0.5)),
+                             rtol=1e-6)
+  assert not np.allclose(got, two_updates(apl.optimizers["adamw"](schedule)), rtol=1e-3)
+  with pytest.raises(ConfigError, match="only adaprelora can run without momentum"):
+    OptimConfig(optimizer="adamw", b1=None)
+  with pytest.raises(ConfigError, match="'adafactor' has no b1"):
+    OptimConfig(optimizer="adafactor", b1=0.5)
+  with pytest.raises(ConfigError, match=r"in \[0, 1\)"):
+    OptimConfig(optimizer="adaprelora", b1=1.0)
+  parser = cli.build_parser()
+  assert cli.make_config(parser.parse_args(["--b1", "None", "--config", "gpt2_e2e_tiny"]),
+                         demo=False).optim.b1 is None
+  assert cli.make_config(parser.parse_args(["--config", "gpt2_e2e_tiny"]),
+                         demo=False).optim.b1 == "default"
+  with pytest.raises(SystemExit):
+    parser.parse_args(["--b1", "fast"])
