@@ -357,9 +357,8 @@ def plot_curves(task: Task, res: dict, file: Path) -> None:
     values = np.stack([c[:n, 1] for c in curves])
     style = (dict(lw=2.2, color="black") if name == "adaprelora" else
              dict(lw=2.2, color="black", ls="--") if name in OURS else dict(lw=1.2))
-    ax.plot(steps, values.mean(0), label=f"{name} (lr {r['best_lr']:g})", **style)
-    ax.fill_between(steps, values.min(0), values.max(0), alpha=0.15,
-                    color=style.get("color"))
+    line, = ax.plot(steps, values.mean(0), label=f"{name} (lr {r['best_lr']:g})", **style)
+    ax.fill_between(steps, values.min(0), values.max(0), alpha=0.15, color=line.get_color())
   ax.set_xlabel("step")
   ax.set_ylabel("training loss (nats per target byte)")
   ax.set_title(f"{task.title}\nmean (band: min-max) of 3 seeds at each optimizer's best rate",
