@@ -2,9 +2,12 @@
 tokenizer folder.
 
 Both expose `encode(text) -> list[int]` (no special tokens, so a prompt and its target
-concatenate), `decode(ids) -> str` (special tokens dropped), `vocab_size`, `eos_id` (ends
-every target), `pad_id` (fills rows; the attention mask, not the id, hides it), `bos_id`
-(the token the model expects first, or None) and `example(prompt, target)`.
+concatenate), `encode_prompt(text)` (the start of a sequence: `bos_id`, when there is one,
+then `encode(text)`, as `transformers` encodes a text with its special tokens),
+`decode(ids) -> str` (special tokens dropped), `vocab_size`, `eos_id` (ends every target),
+`pad_id` (fills rows; the attention mask, not the id, hides it), `bos_id` (the token the
+model expects first, or None) and `example(prompt, target)` (`encode_prompt(prompt)`,
+`encode(target) + [eos_id]`).
 
 >>> tok = load_tokenizer(None)
 >>> tok.encode("hé"), tok.decode([104, 195, 169, 255])
@@ -42,6 +45,8 @@ class Tokenizer(Protocol):
 
   def encode(self, text: str) -> list[int]: ...
 
+  def encode_prompt(self, text: str) -> list[int]: ...
+
   def decode(self, ids: Sequence[int]) -> str: ...
 
   def example(self, prompt: str, target: str) -> TokenIds: ...
@@ -58,11 +63,14 @@ class ByteTokenizer:
   def encode(self, text: str) -> list[int]:
     return list(text.encode("utf-8"))
 
+  def encode_prompt(self, text: str) -> list[int]:
+    return self.encode(text)  # no start token
+
   def decode(self, ids: Sequence[int]) -> str:
     return bytes(i for i in ids if i != self.eos_id).decode("utf-8", errors="replace")
 
   def example(self, prompt: str, target: str) -> TokenIds:
-    return TokenIds(self.encode(prompt), self.encode(target) + [self.eos_id])
+    return TokenIds(self.encode_prompt(prompt), self.encode(target) + [self.eos_id])
 
 
 # Names of the end token in the common model families, tried when the folder's config
@@ -140,11 +148,16 @@ class HFTokenizer:
   def encode(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids
 
+  def encode_prompt(self, text: str) -> list[int]:
+    """`[bos_id] + encode(text)` when the tokenizer starts a text with a token (Llama,
+    Mistral), else `encode(text)` (GPT-2, Qwen2)."""
+    return ([] if self.bos_id is None else [self.bos_id]) + self.encode(text)
+
   def decode(self, ids: Sequence[int]) -> str:
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
   def example(self, prompt: str, target: str) -> TokenIds:
-    return TokenIds(self.encode(prompt), self.encode(target) + [self.eos_id])
+    return TokenIds(self.encode_prompt(prompt), self.encode(target) + [self.eos_id])
 
   def __repr__(self) -> str:
     return f"HFTokenizer({self.path!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id})"

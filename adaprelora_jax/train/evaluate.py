@@ -14,8 +14,9 @@ on how the model or its head is built:
   each `prompt + choice`; `target_log_likelihoods` sums the choice tokens' log-probabilities,
   `multiple_choice_accuracy` reports `acc` (summed) and `acc_norm` (per token).
 
-Tokens are `tokenizer.encode(text)` (prompt and continuation encoded separately and
-concatenated, as the training rows are). A text longer than the context keeps its end
+Tokens are `tokenizer.encode_prompt(prompt)` (the start token first, where the tokenizer
+has one) and `tokenizer.encode(continuation)`, encoded separately and concatenated, as the
+training rows are. A text longer than the context keeps its end
 (the prompt's start is cut); such rows are counted in `info["truncated"]`. Every metric is
 `{"score", "implementation"}` and is recomputed from the saved predictions by
 `metrics_from_predictions` (the same function that made it). Results files:
@@ -204,7 +205,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str],
   """
   from adaprelora_jax.models.generation import generate  # noqa: PLC0415
 
-  encoded = [list(tokenizer.encode(p)) for p in prompts]
+  encoded = [list(tokenizer.encode_prompt(p)) for p in prompts]
   if not encoded or min(len(e) for e in encoded) == 0:
     raise ConfigError("every prompt needs at least one token")
   width = max(len(e) for e in encoded)
@@ -275,7 +276,7 @@ def evaluate_classification(class_logits: Logits, tokenizer, data: TaskData, *, 
   """Predicted class `argmax class_logits(tokens, mask)` of each example's text (right-
   padded to the longest text, at most `seq_len` tokens), scored by `glue_metric`."""
   examples = _check_examples(data, ClassificationExample)
-  encoded = [list(tokenizer.encode(e.text)) for e in examples]
+  encoded = [list(tokenizer.encode_prompt(e.text)) for e in examples]
   tokens, mask, truncated = _right_padded(encoded, seq_len, pad_id_of(tokenizer))
   logits = _batched(class_logits, tokens, mask, batch_size)
   if logits.ndim != 2 or logits.shape[0] != len(examples):
@@ -336,7 +337,7 @@ def choice_rows(tokenizer, examples: Sequence[ChoiceExample], seq_len: int) -> C
   pad = pad_id_of(tokenizer)
   rows, starts, truncated = [], [], 0
   for q, e in enumerate(examples):
-    prompt = list(tokenizer.encode(e.prompt))
+    prompt = list(tokenizer.encode_prompt(e.prompt))
     if not prompt:
       raise ConfigError(f"question {q}: the prompt has no token")
     cut = False

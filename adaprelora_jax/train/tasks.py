@@ -70,7 +70,7 @@ def _no_rows(task: TaskData, skipped: Mapping[str, int], seq_len: int) -> DataEr
 def encode_text(task: TaskData, tokenizer: Tokenizer, seq_len: int) -> data_lib.TokenizedData:
   """`TextExample`s as LM rows: `prompt + target + eos`, the loss on the target."""
   check_family(task, TextExample)
-  examples = [data_lib.Example(tokenizer.encode(e.prompt),
+  examples = [data_lib.Example(tokenizer.encode_prompt(e.prompt),
                                tokenizer.encode(e.target) + [tokenizer.eos_id])
               for e in task.examples]
   return _lm_rows(task, examples, seq_len, pad_id_of(tokenizer))
@@ -80,7 +80,8 @@ def choice_training_examples(task: TaskData, tokenizer: Tokenizer) -> list[data_
   """`ChoiceExample`s as LM examples: the prompt, then the right choice as the target
   (the continuation the evaluation scores, no end token)."""
   check_family(task, ChoiceExample)
-  return [data_lib.Example(tokenizer.encode(e.prompt), tokenizer.encode(e.choices[e.answer]))
+  return [data_lib.Example(tokenizer.encode_prompt(e.prompt),
+                           tokenizer.encode(e.choices[e.answer]))
           for e in task.examples]
 
 
@@ -158,7 +159,7 @@ def encode_classification(task: TaskData, tokenizer: Tokenizer,
   rows, masks, labels = [], [], []
   too_long = bad_label = empty = 0
   for example in task.examples:
-    ids = tokenizer.encode(example.text)
+    ids = tokenizer.encode_prompt(example.text)
     if not ids:
       empty += 1
       continue

@@ -38,6 +38,37 @@ def save_bpe(folder: Path, specials: list[str], config: dict, *, bos: str | None
   return folder
 
 
+def test_task_rows_start_with_the_start_token(tmp_path):
+  """A Llama-style tokenizer's start token begins every training row, classification row,
+  generation prompt and choice row, once, and is never trained on as a target."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from adaprelora_jax.data import (ChoiceExample, ClassificationExample, TaskData,
+                                   TextExample)
+  from adaprelora_jax.train import tasks  # pylint: disable=import-outside-toplevel
+  from adaprelora_jax.train.evaluate import choice_rows  # pylint: disable=import-outside-toplevel
+
+  folder = save_bpe(tmp_path / "tok", ["<unk>", "<s>", "</s>", "<pad>"],
+                    {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}, bos="<s>")
+  tok = load_tokenizer(folder)
+  bos = tok.bos_id
+  assert bos is not None
+  text = TaskData("gsm8k", "train", "mem", (TextExample("Question: q\nAnswer:", " 42"),),
+                  rows_read=1)
+  rows = tasks.encode_text(text, tok, seq_len=32)
+  assert rows.tokens[0, 0] == bos and list(rows.tokens[0]).count(bos) == 1
+  trained = rows.tokens[0, 1:][rows.loss_mask[0] == 1].tolist()
+  assert trained == tok.encode(" 42") + [tok.eos_id] and bos not in trained
+  cls = TaskData("glue/sst2", "train", "mem", (ClassificationExample("good food", 1),),
+                 rows_read=1, label_names=("negative", "positive"))
+  data = tasks.encode_classification(cls, tok, seq_len=16)
+  assert data.tokens[0, 0] == bos and int(data.attention_mask[0].sum()) == 1 + len(
+      tok.encode("good food"))
+  choice = choice_rows(tok, [ChoiceExample("Q: sky?\nAnswer:", (" blue", " red"), 0)], 32)
+  assert np.all(choice.tokens[:, 0] == bos)
+  assert not np.any(choice.score_mask[:, 0])  # position 0 predicts the prompt's first token
+
+
 def test_byte_tokenizer():
   tok = load_tokenizer(None)
   assert isinstance(tok, ByteTokenizer)
@@ -46,6 +77,7 @@ def test_byte_tokenizer():
     assert tok.encode(text) == list(text.encode("utf-8"))
     assert tok.decode(tok.encode(text) + [tok.eos_id]) == text
   assert tok.example("p", "t") == TokenIds([112], [116, 255])
+  assert tok.encode_prompt("hé") == tok.encode("hé")  # no start token
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
@@ -74,11 +106,13 @@ def test_a_local_folder_matches_transformers(tmp_path, style):
     ids = ours.encode(text)
     assert ids == theirs(text, add_special_tokens=False)["input_ids"]
     assert bos + ids == theirs(text)["input_ids"]  # what the model sees first
+    assert ours.encode_prompt(text) == theirs(text)["input_ids"]
     assert ours.decode(ids + [ours.eos_id]) == theirs.decode(ids, skip_special_tokens=True)
     assert ours.decode(ids) == text  # byte-level BPE is lossless
   example = ours.example("Question: q\nAnswer:", " 42")
   assert example.target[-1] == ours.eos_id
-  assert example.prompt + example.target[:-1] == ours.encode("Question: q\nAnswer: 42")
+  assert example.prompt + example.target[:-1] == bos + ours.encode("Question: q\nAnswer: 42")
+  assert example.prompt == theirs("Question: q\nAnswer:")["input_ids"]
   # The tokenizer.json file itself is a source too.
   assert load_tokenizer(folder / "tokenizer.json").encode(TEXTS[0]) == ours.encode(TEXTS[0])
 
