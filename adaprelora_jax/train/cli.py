@@ -151,22 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-_FIELDS = {"learning_rate": "learning_rate", "max_steps": "max_steps",
-           "batch_size": "batch_size", "grad_accum": "grad_accum", "schedule": "schedule",
-           "warmup_steps": "warmup_steps", "seed": "seed", "train_file": "train_file",
-           "eval_file": "eval_file", "eval_rows": "eval_rows", "eval_every": "eval_every",
-           "mesh": "mesh", "checkpoint_every": "checkpoint_every", "base_steps": "base_steps",
-           "task_eval": "task_eval", "num_beams": "num_beams",
-           "max_new_tokens": "max_new_tokens",
-           "task": "task", "train_source": "train_source", "eval_source": "eval_source",
-           "train_split": "train_split", "eval_split": "eval_split",
-           "train_rows": "train_rows", "tokenizer": "tokenizer", "seq_len": "seq_len"}
+# Flags that set the config field of the same name (`TrainConfig.replace`).
+_FIELDS = ("learning_rate", "max_steps", "batch_size", "grad_accum", "schedule",
+           "warmup_steps", "seed", "train_file", "eval_file", "eval_rows", "eval_every",
+           "mesh", "checkpoint_every", "base_steps", "task_eval", "num_beams",
+           "max_new_tokens", "task", "train_source", "eval_source", "train_split",
+           "eval_split", "train_rows", "tokenizer", "seq_len")
 
 
 def make_config(args: argparse.Namespace, *, demo: bool) -> config_lib.TrainConfig:
   """The named config with the flags applied (ConfigError for bad values)."""
-  changes = {field: getattr(args, flag) for flag, field in _FIELDS.items()
-             if getattr(args, flag) is not None}
+  changes = {field: getattr(args, field) for field in _FIELDS
+             if getattr(args, field) is not None}
   if args.model_path is not None:
     changes["path"] = args.model_path
   if args.b1 is not _UNSET:

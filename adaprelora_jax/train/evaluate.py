@@ -278,7 +278,7 @@ def evaluate_classification(class_logits: Logits, tokenizer, data: TaskData, *, 
   examples = _check_examples(data, ClassificationExample)
   encoded = [list(tokenizer.encode_prompt(e.text)) for e in examples]
   tokens, mask, truncated = _right_padded(encoded, seq_len, pad_id_of(tokenizer))
-  logits = _batched(class_logits, tokens, mask, batch_size)
+  logits = _batched(class_logits, tokens, mask, batch_size=batch_size)
   if logits.ndim != 2 or logits.shape[0] != len(examples):
     raise ValueError(f"class_logits must return (batch, num_labels), got {logits.shape[1:]}")
   names = data.label_names
@@ -303,15 +303,16 @@ def _right_padded(encoded: list[list[int]], seq_len: int, pad: int):
   return tokens, mask, sum(len(e) > width for e in encoded)
 
 
-def _batched(fn: Logits, tokens: np.ndarray, mask: np.ndarray, batch_size: int) -> np.ndarray:
-  """`fn` over rows in batches of one shape (the last padded with copies of row 0)."""
-  n = len(tokens)
+def _batched(fn: Callable[..., Any], *arrays: np.ndarray, batch_size: int) -> np.ndarray:
+  """`fn(*batch)` over the rows of `arrays` in batches of one shape (the last padded with
+  copies of row 0), the results concatenated."""
+  n = len(arrays[0])
   batch = min(batch_size, n)
   out = []
   for start in range(0, n, batch):
     idx = np.arange(start, start + batch)
     idx = np.where(idx < n, idx, 0)
-    out.append(np.asarray(fn(jnp.asarray(tokens[idx]), jnp.asarray(mask[idx])), np.float32))
+    out.append(np.asarray(fn(*(jnp.asarray(a[idx]) for a in arrays)), np.float32))
   return np.concatenate(out)[:n]
 
 
@@ -371,18 +372,15 @@ def evaluate_multiple_choice(lm_logits: Logits, tokenizer, data: TaskData, *, se
   (`target_log_likelihoods` of `lm_logits`) and their count; `acc` and `acc_norm`."""
   examples = _check_examples(data, ChoiceExample)
   rows = choice_rows(tokenizer, examples, seq_len)
-  n = len(rows.tokens)
-  batch = min(batch_size, n)
-  lls = []
-  for start in range(0, n, batch):
-    idx = np.arange(start, start + batch)
-    idx = np.where(idx < n, idx, 0)
-    logits = lm_logits(jnp.asarray(rows.tokens[idx]), jnp.asarray(rows.attention[idx]))
-    if logits.ndim != 3 or logits.shape[:2] != rows.tokens[idx].shape:
+
+  def log_likelihoods(tokens, attention, targets, score_mask):
+    logits = lm_logits(tokens, attention)
+    if logits.ndim != 3 or logits.shape[:2] != tokens.shape:
       raise ValueError(f"lm_logits must return (batch, seq, vocab), got {logits.shape}")
-    lls.append(np.asarray(ev.target_log_likelihoods(
-        logits, jnp.asarray(rows.targets[idx]), jnp.asarray(rows.score_mask[idx]))))
-  ll = np.concatenate(lls)[:n]
+    return ev.target_log_likelihoods(logits, targets, score_mask)
+
+  ll = _batched(log_likelihoods, rows.tokens, rows.attention, rows.targets, rows.score_mask,
+                batch_size=batch_size)
   counts = rows.score_mask.sum(axis=1)
   predictions, i = [], 0
   for e in examples:
