@@ -66,6 +66,8 @@ TITLES = {"e2e": "E2E NLG (devset.csv -> testset_w_refs.csv)",
           "gsm": "Arithmetic word problems (generated, GSM8K format)",
           "glue": "Review sentiment (generated, GLUE/SST-2 style)"}
 TOK = data_lib.ByteTokenizer()
+# Test-set sizes of the generated tasks (seed 2), also what `chance_levels` scores.
+GSM_TEST, GLUE_TEST = 300, 400
 
 
 @dataclasses.dataclass
@@ -173,7 +175,7 @@ def e2e_task(spec, *, test_mrs: int, val_fraction: float = 0.05, val_rows: int =
               f"rows ({train.truncated} training targets cut).", higher_is_better=False)
 
 
-def gsm_task(spec, *, n_train=4000, n_val=256, n_test=300, seq_len=96) -> Task:
+def gsm_task(spec, *, n_train=4000, n_val=256, n_test=GSM_TEST, seq_len=96) -> Task:
   """Generated arithmetic word problems: exact match of the number after `####`."""
   train = st.arithmetic_data(n_train, 0, TOK, seq_len, "arithmetic train")
   val = st.arithmetic_data(n_val, 1, TOK, seq_len, "arithmetic val")
@@ -193,7 +195,7 @@ def gsm_task(spec, *, n_train=4000, n_val=256, n_test=300, seq_len=96) -> Task:
               "`####` (`eval.gsm8k_exact_match`).")
 
 
-def glue_task(spec, *, n_train=4000, n_val=256, n_test=400, seq_len=96) -> Task:
+def glue_task(spec, *, n_train=4000, n_val=256, n_test=GLUE_TEST, seq_len=96) -> Task:
   """Generated review sentiment: accuracy of the more likely label word."""
   train = st.review_data(n_train, 0, TOK, seq_len, "reviews train")
   val = st.review_data(n_val, 1, TOK, seq_len, "reviews val")
@@ -555,8 +557,8 @@ machines, so there is no reference row.
 def chance_levels() -> dict[str, float]:
   """What guessing scores on the generated tasks' test sets (the parts' default sizes):
   GSM, always the most frequent answer; GLUE, always the majority label."""
-  answers = [a.split("####")[-1].strip() for _, a in st.arithmetic_examples(300, 2)]
-  labels = [label for _, label in st.review_examples(400, 2)]
+  answers = [a.split("####")[-1].strip() for _, a in st.arithmetic_examples(GSM_TEST, 2)]
+  labels = [label for _, label in st.review_examples(GLUE_TEST, 2)]
   share = lambda xs: max(xs.count(x) for x in set(xs)) / len(xs)
   return {"gsm": share(answers), "glue": share(labels)}
 
